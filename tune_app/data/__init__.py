@@ -1,0 +1,66 @@
+"""Data: choose the source the config names, split by episode, build the train/val datasets.
+
+Sources follow the config: ``data.bag_dir`` -> ROS 2 bags, ``data.lerobot_root`` -> a LeRobot
+dataset, neither -> the built-in demo. A named source never falls back to the demo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..errors import UserError
+from .dataset import ChunkDataset, NormStats, compute_stats
+from .demo import make_demo
+from .episodes import EpisodeSet, split_episodes
+
+__all__ = ["ChunkDataset", "EpisodeSet", "NormStats", "Prepared", "load_episode_set", "prepare", "describe_source"]
+
+
+def describe_source(cfg: Config) -> str:
+    if cfg.data.bag_dir:
+        return f"ROS 2 bags in {cfg.data.bag_dir}"
+    if cfg.data.lerobot_root:
+        return f"LeRobot dataset at {cfg.data.lerobot_root}"
+    return f"built-in demo data ({cfg.data.demo_episodes} episodes)"
+
+
+def check_source(cfg: Config) -> None:
+    """Fail early (one line) when a named data source does not exist."""
+    for key, value in (("data.bag_dir", cfg.data.bag_dir), ("data.lerobot_root", cfg.data.lerobot_root)):
+        if value and not Path(value).is_dir():
+            raise UserError(f"{key}: directory {value} does not exist; fix the path or remove the key to use the built-in demo data")
+
+
+def load_episode_set(cfg: Config) -> EpisodeSet:
+    """All episodes of the configured source."""
+    check_source(cfg)
+    if cfg.data.bag_dir or cfg.data.lerobot_root:
+        from .sources import load_external
+
+        return load_external(cfg)
+    h, w = cfg.conventions.image_resize
+    return make_demo(cfg.data.demo_episodes, cfg.data.demo_episode_len, (h, w), state_dim=cfg.model.state_dim)
+
+
+@dataclass
+class Prepared:
+    episodes: EpisodeSet
+    train_ids: list[int]
+    val_ids: list[int]
+    stats: NormStats
+
+    def datasets(self, chunk_size: int) -> tuple[ChunkDataset, ChunkDataset]:
+        return (ChunkDataset(self.episodes, self.train_ids, chunk_size, self.stats),
+                ChunkDataset(self.episodes, self.val_ids, chunk_size, self.stats))
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Load the episodes, split them by episode (seeded by ``training.seed``), compute train stats."""
+    eps = load_episode_set(cfg)
+    if eps.states.shape[1] != cfg.model.state_dim or eps.actions.shape[1] != cfg.model.action_dim:
+        raise UserError(f"{eps.source}: data has state dim {eps.states.shape[1]} and action dim {eps.actions.shape[1]} "
+                        f"but model.state_dim/action_dim are {cfg.model.state_dim}/{cfg.model.action_dim}")
+    train_ids, val_ids = split_episodes(eps.num_episodes, cfg.data.val_fraction, cfg.training.seed)
+    return Prepared(eps, train_ids, val_ids, compute_stats(eps, train_ids))

@@ -1,0 +1,95 @@
+"""A native ResNet-18 trunk (no torchvision), with torchvision-compatible parameter names.
+
+The trunk is conv1/bn1/relu/maxpool/layer1..layer4 (no avgpool, no fc): a 512-channel map at
+stride 32. Parameter names match ``torchvision.models.resnet18().state_dict()`` so ImageNet weights
+saved by torchvision (``resnet18-f37072fd.pth``) or converted to safetensors load directly.
+Weights are only ever read from a local file; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+TORCHVISION_RESNET18_FILE = "resnet18-f37072fd.pth"
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18Trunk(nn.Module):
+    """ResNet-18 up to ``layer4``: (B, 3, H, W) -> (B, 512, ceil(H/32), ceil(W/32))."""
+
+    out_channels = 512
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
+        self.layer2 = nn.Sequential(BasicBlock(64, 128, 2), BasicBlock(128, 128))
+        self.layer3 = nn.Sequential(BasicBlock(128, 256, 2), BasicBlock(256, 256))
+        self.layer4 = nn.Sequential(BasicBlock(256, 512, 2), BasicBlock(512, 512))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def weight_candidates(configured: str | None) -> list[Path]:
+    """Where pretrained weights are looked for: the configured file, else torchvision's hub cache."""
+    if configured:
+        return [Path(configured)]
+    hub = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "torch"))
+    return [hub.expanduser() / "hub" / "checkpoints" / TORCHVISION_RESNET18_FILE]
+
+
+def load_pretrained(trunk: ResNet18Trunk, configured: str | None) -> Path:
+    """Load ImageNet weights into ``trunk`` from a local file; a :class:`UserError` if there is none."""
+    candidates = weight_candidates(configured)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        looked = ", ".join(str(p) for p in candidates)
+        raise UserError(
+            f"model.pretrained_backbone is true but no ResNet-18 weights were found (looked in {looked}); "
+            "set model.backbone_weights to a local .safetensors/.pth file or set model.pretrained_backbone=false")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"{path}: cannot read ResNet-18 weights ({type(exc).__name__}: {exc})") from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = trunk.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: not ResNet-18 weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return path

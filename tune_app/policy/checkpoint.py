@@ -1,0 +1,150 @@
+"""Checkpoints in the original trainer's (LeRobot-shaped) layout, and loading them back.
+
+A checkpoint directory holds::
+
+    pretrained_model/
+      config.json                    LeRobot-ACT-style policy config
+      model.safetensors              ACTPolicy.state_dict()
+      policy_preprocessor.json       + policy_preprocessor_step_3_normalizer_processor.safetensors
+      policy_postprocessor.json      + policy_postprocessor_step_0_unnormalizer_processor.safetensors
+      train_config.json              the resolved tune_app config
+    training_state/                  (training checkpoints only; what a restarted run resumes from)
+      state.pt                       optimizer, scheduler, sampler position, RNG state of every rank
+      training_step.json             {"step": N}
+
+``pretrained_model/`` is self-contained: :func:`load_policy` needs neither Ray nor the training code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import Config, config_from_dict
+from ..data.dataset import NormStats
+from ..errors import UserError
+from .act import ACTPolicy
+
+PRETRAINED = "pretrained_model"
+TRAINING_STATE = "training_state"
+PRE_STATS = "policy_preprocessor_step_3_normalizer_processor.safetensors"
+POST_STATS = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
+
+
+def _policy_config_json(cfg: Config, num_cameras: int) -> dict[str, Any]:
+    m, t = cfg.model, cfg.training
+    h, w = cfg.conventions.image_resize
+    images = {("observation.images.color" if i == 0 else f"observation.images.cam{i}"): {"type": "VISUAL", "shape": [3, h, w]}
+              for i in range(num_cameras)}
+    return {
+        "type": "act", "n_obs_steps": 1,
+        "input_features": {"observation.state": {"type": "STATE", "shape": [m.state_dim]}, **images},
+        "output_features": {"action": {"type": "ACTION", "shape": [m.action_dim]}},
+        "device": t.device, "use_amp": t.precision == "bf16",
+        "chunk_size": m.chunk_size, "n_action_steps": m.chunk_size,
+        "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+        "vision_backbone": m.vision_backbone,
+        "pretrained_backbone_weights": "ResNet18_Weights.IMAGENET1K_V1" if m.pretrained_backbone else None,
+        "replace_final_stride_with_dilation": False, "pre_norm": False,
+        "dim_model": m.dim_model, "n_heads": m.n_heads, "dim_feedforward": m.dim_feedforward,
+        "feedforward_activation": "relu", "n_encoder_layers": m.n_encoder_layers,
+        "n_decoder_layers": m.n_decoder_layers, "use_vae": m.use_vae, "latent_dim": m.latent_dim,
+        "n_vae_encoder_layers": m.n_vae_encoder_layers, "temporal_ensemble_coeff": None, "dropout": m.dropout,
+        "kl_weight": t.kl_weight, "kl_reduction": m.kl_reduction, "optimizer_lr": t.lr,
+        "optimizer_weight_decay": t.weight_decay, "optimizer_lr_backbone": t.lr_backbone,
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_pretrained(directory: str | Path, model: torch.nn.Module, cfg: Config, stats: NormStats,
+                    num_cameras: int = 1) -> Path:
+    """Write ``directory/pretrained_model/`` for ``model`` (unwrapped, not DDP) and return its path."""
+    out = Path(directory) / PRETRAINED
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    _write_json(out / "config.json", _policy_config_json(cfg, num_cameras))
+    named = {k: torch.from_numpy(v) for k, v in stats.to_named().items()}
+    eps = 1e-8
+    _write_json(out / "policy_preprocessor.json", {"name": "policy_preprocessor", "steps": [{
+        "registry_name": "normalizer_processor",
+        "config": {"eps": eps, "features": sorted({k.rsplit(".", 1)[0] for k in named}),
+                   "norm_map": {"VISUAL": "MEAN_STD", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}},
+        "state_file": PRE_STATS}]})
+    save_file(named, str(out / PRE_STATS))
+    _write_json(out / "policy_postprocessor.json", {"name": "policy_postprocessor", "steps": [{
+        "registry_name": "unnormalizer_processor",
+        "config": {"eps": eps, "features": ["action"], "norm_map": {"ACTION": "MEAN_STD"}},
+        "state_file": POST_STATS}]})
+    save_file({k: v for k, v in named.items() if k.startswith("action.")}, str(out / POST_STATS))
+    _write_json(out / "train_config.json", cfg.to_dict())
+    return out
+
+
+def save_training_state(directory: str | Path, state: dict[str, Any]) -> None:
+    out = Path(directory) / TRAINING_STATE
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out / "state.pt")
+    _write_json(out / "training_step.json", {"step": int(state["step"])})
+
+
+def load_training_state(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / TRAINING_STATE / "state.pt"
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _pretrained_dir(path: str | Path) -> Path:
+    path = Path(path)
+    for candidate in (path, path / PRETRAINED):
+        if (candidate / "model.safetensors").is_file() and (candidate / "train_config.json").is_file():
+            return candidate
+    raise UserError(f"{path}: not a tune_app checkpoint (no model.safetensors + train_config.json here or in {PRETRAINED}/)")
+
+
+class LoadedPolicy:
+    """A policy restored from a checkpoint, with its normalisation: raw observations in, raw actions out."""
+
+    def __init__(self, model: ACTPolicy, stats: NormStats, cfg: Config, path: Path):
+        self.model, self.stats, self.cfg, self.path = model, stats, cfg, path
+        self.device = next(model.parameters()).device
+
+    def normalise(self, state: np.ndarray | torch.Tensor, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.stats
+        state = torch.as_tensor(state, dtype=torch.float32)
+        images = torch.as_tensor(images)
+        if images.dim() == 4:                       # (B, H, W, 3): one camera
+            images = images[:, None]
+        img = images.permute(0, 1, 4, 2, 3).float() / 255.0
+        img = (img - torch.from_numpy(s.image_mean).view(1, 1, 3, 1, 1)) / torch.from_numpy(s.image_std).view(1, 1, 3, 1, 1)
+        st = (state - torch.from_numpy(s.state_mean)) / torch.from_numpy(s.state_std)
+        return st.to(self.device), img.to(self.device)
+
+    @torch.no_grad()
+    def predict(self, state, images) -> np.ndarray:
+        """Raw state (B, state_dim) and uint8 images (B, [cams,] H, W, 3) -> raw actions (B, chunk, action_dim)."""
+        st, img = self.normalise(state, images)
+        pred, _ = self.model(st, img)
+        s = self.stats
+        return (pred.float().cpu() * torch.from_numpy(s.action_std) + torch.from_numpy(s.action_mean)).numpy()
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> LoadedPolicy:
+    """Load ``pretrained_model/`` (or a checkpoint directory holding it) into an eval-mode policy."""
+    directory = _pretrained_dir(path)
+    cfg = config_from_dict(json.loads((directory / "train_config.json").read_text()), source=str(directory / "train_config.json"))
+    cfg.model.pretrained_backbone = False   # the weights come from model.safetensors
+    model = ACTPolicy(cfg.model)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.to(device).eval()
+    stats = NormStats.from_named({k: v.numpy() for k, v in load_file(str(directory / PRE_STATS)).items()})
+    return LoadedPolicy(model, stats, cfg, directory)

@@ -1,0 +1,79 @@
+"""Where the training loop runs: under Ray Train, or in a plain process.
+
+The loop in :mod:`tune_app.train_loop` talks to its surroundings only through a session: who am I
+(rank, world size, device), where is the checkpoint to resume from, and report these metrics (with
+this checkpoint). :class:`RayTrainSession` maps that onto ``ray.train``; :class:`LocalSession` runs
+the same loop in one process without Ray (benchmarks, debugging), so every mode runs the same code.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def pick_device(requested: str, assigned: torch.device | None = None) -> torch.device:
+    """``training.device`` -> a torch device; ``cuda`` falls back to CPU when no GPU is visible."""
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return assigned if assigned is not None else torch.device("cuda", 0)
+
+
+class RayTrainSession:
+    """The session of a Ray Train worker (``TorchTrainer`` has already set up the process group)."""
+
+    def __init__(self, requested_device: str):
+        import ray.train
+        import ray.train.torch
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world_size, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+        assigned = ray.train.torch.get_device() if torch.cuda.is_available() else None
+        self.device = pick_device(requested_device, assigned)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def latest_checkpoint(self) -> Callable[[], Any] | None:
+        """A context manager factory yielding the resume directory, or None for a fresh run."""
+        ckpt = self._train.get_checkpoint()
+        return ckpt.as_directory if ckpt else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
+        checkpoint = self._train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self._train.report(metrics, checkpoint=checkpoint,
+                           checkpoint_dir_name=f"checkpoint_{step:06d}" if checkpoint else None)
+
+
+class LocalSession:
+    """One process, no Ray: metrics are kept in a list and checkpoints copied under ``output_dir``."""
+
+    rank, world_size, local_rank = 0, 1, 0
+
+    def __init__(self, requested_device: str, output_dir: str | Path, on_report: Callable[[dict], None] | None = None):
+        self.device = pick_device(requested_device)
+        self.output_dir = Path(output_dir)
+        self.reports: list[dict[str, Any]] = []
+        self.checkpoints: list[Path] = []
+        self._on_report = on_report
+
+    def latest_checkpoint(self):
+        existing = sorted(self.output_dir.glob("checkpoint_*"))
+        if not existing:
+            return None
+        from contextlib import nullcontext
+
+        return lambda: nullcontext(str(existing[-1]))
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir:
+            dest = self.output_dir / f"checkpoint_{step:06d}"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, dest)
+            self.checkpoints.append(dest)
+        if self._on_report:
+            self._on_report(metrics)

@@ -1,0 +1,278 @@
+"""The DDP training loop: build, (resume), loop, validate, report, checkpoint.
+
+``train_loop_per_worker`` is what each Ray Train worker runs; :func:`run` is the loop itself and
+takes a session (see :mod:`tune_app.session`), so a plain process runs exactly the same code.
+
+Every rank computes; metrics are averaged across ranks with one all-reduce per report; rank 0 alone
+writes checkpoints, and every rank calls ``session.report`` (Ray Train's report is a barrier).
+
+Metrics per report: ``loss``, ``l1_loss``, ``kl_loss`` (training, averaged over the steps since
+the last report and over ranks), ``lr`` (policy group) and ``lr_backbone``, ``step`` (optimizer
+steps done), ``epoch``, ``samples_per_s`` (all ranks), and the latest validation metrics:
+
+* ``val_loss``: L1 of the actions the policy predicts as it would at deployment (latent z = 0, no
+  dropout), on the validation episodes. It does not depend on ``kl_weight``, so trials with
+  different KL weights are compared fairly; this is the metric sweeps minimise by default.
+* ``val_l1`` and ``val_kl``: the training objective's two terms on the validation episodes, with
+  the CVAE posterior mean as the latent.
+
+Validation runs before the first step of a fresh run (reported at step 0), every
+``training.eval_freq`` steps and at the end; checkpoints every ``training.save_freq`` and at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from .config import Config, config_from_dict
+from .data import ChunkDataset, prepare
+from .errors import UserError
+from .policy.act import ACTPolicy, act_loss
+from .policy.checkpoint import load_training_state, save_pretrained, save_training_state
+from .schedule import build_scheduler
+
+
+class ShardedEpochSampler(Sampler[int]):
+    """Each rank's share of a seeded per-epoch permutation, resumable at a batch position.
+
+    Unlike ``DistributedSampler`` it can start mid-epoch, which makes a restarted run see exactly
+    the batches it would have seen without the interruption.
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int, seed: int, batch_size: int):
+        self.per_rank = size // world_size
+        self.size, self.rank, self.world_size, self.seed, self.batch_size = size, rank, world_size, seed, batch_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.per_rank // self.batch_size
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.size, generator=gen)[: self.per_rank * self.world_size]
+        mine = perm[self.rank:: self.world_size]
+        return iter(mine[self.start_batch * self.batch_size:].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start_batch * self.batch_size
+
+
+class BatchStream:
+    """Endless training batches; ``epoch``/``batch`` say where the next one comes from."""
+
+    def __init__(self, loader: DataLoader, sampler: ShardedEpochSampler):
+        self.loader, self.sampler = loader, sampler
+        self.epoch, self.batch = 0, 0
+
+    def __iter__(self):
+        while True:
+            self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch
+            for batch in self.loader:
+                self.batch += 1
+                yield batch
+            self.epoch, self.batch = self.epoch + 1, 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_optimizer(model: ACTPolicy, cfg: Config) -> torch.optim.AdamW:
+    """AdamW with two groups: the vision backbone at ``lr_backbone``, everything else at ``lr``."""
+    backbone = {id(p) for p in model.backbone_parameters()}
+    policy = [p for p in model.parameters() if id(p) not in backbone]
+    t = cfg.training
+    return torch.optim.AdamW(
+        [{"params": policy, "lr": t.lr, "name": "policy"},
+         {"params": model.backbone_parameters(), "lr": t.lr_backbone, "name": "backbone"}],
+        lr=t.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=t.weight_decay)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def all_reduce_sum(values: list[float], device: torch.device, world_size: int) -> list[float]:
+    if world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def validate(model: ACTPolicy, dataset: ChunkDataset, cfg: Config, device: torch.device, rank: int,
+             world_size: int, autocast) -> dict[str, float]:
+    """Validation metrics over this rank's share of the validation frames, summed over ranks."""
+    model.eval()
+    indices = list(range(rank, len(dataset), world_size))
+    bs = cfg.training.batch_size
+    batches = [indices[i:i + bs] for i in range(0, len(indices), bs)]
+    if cfg.training.val_batches is not None:
+        batches = batches[: cfg.training.val_batches]
+    sums = [0.0, 0.0, 0.0, 0.0]  # inference L1, posterior L1, KL, samples
+    for chunk in batches:
+        batch = _to(torch.utils.data.default_collate([dataset[i] for i in chunk]), device)
+        with autocast():
+            pred, _ = model(batch["state"], batch["image"])
+            _, infer_l1, _ = act_loss(pred, batch["action"], batch["action_is_pad"], None, 0.0)
+            if model.cfg.use_vae:
+                mu, logvar = model.posterior(batch["state"], batch["action"], batch["action_is_pad"])
+                post = model.decode(batch["state"], batch["image"], mu)
+                _, l1, kl = act_loss(post, batch["action"], batch["action_is_pad"], (mu, logvar), 0.0,
+                                     cfg.model.kl_reduction)
+            else:
+                l1, kl = infer_l1, torch.zeros(())
+        n = len(chunk)
+        sums = [sums[0] + infer_l1.item() * n, sums[1] + l1.item() * n, sums[2] + kl.item() * n, sums[3] + n]
+    sums = all_reduce_sum(sums, device, world_size)
+    model.train()
+    n = max(sums[3], 1.0)
+    return {"val_loss": sums[0] / n, "val_l1": sums[1] / n, "val_kl": sums[2] / n}
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def run(cfg: Config, session) -> dict[str, Any]:
+    """Train ``cfg`` in ``session``; returns the last reported metrics."""
+    t, rank, world, device = cfg.training, session.rank, session.world_size, session.device
+    seed_everything(t.seed + rank)
+
+    prepared = prepare(cfg)
+    train_ds, val_ds = prepared.datasets(cfg.model.chunk_size)
+    sampler = ShardedEpochSampler(len(train_ds), rank, world, t.seed, t.batch_size)
+    if sampler.batches_per_epoch == 0:
+        raise UserError(f"training.batch_size ({t.batch_size}) x ray.num_workers ({world}) is larger than the "
+                        f"{len(train_ds)} training samples; lower the batch size")
+    loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=t.num_workers, persistent_workers=t.num_workers > 0,
+                        pin_memory=device.type == "cuda")
+    stream = BatchStream(loader, sampler)
+
+    model = ACTPolicy(cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, t)
+    start_step = 0
+    resume = session.latest_checkpoint()
+    if resume is not None:
+        with resume() as ckpt_dir:
+            start_step = _restore(ckpt_dir, model, optimizer, scheduler, stream, rank, world)
+    ddp = DistributedDataParallel(model) if world > 1 else model   # broadcasts rank 0's weights
+    use_bf16 = t.precision == "bf16" and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+
+    last_val = validate(model, val_ds, cfg, device, rank, world, autocast) if len(val_ds) else {}
+    metrics: dict[str, Any] = {}
+    if start_step == 0 and last_val:
+        metrics = {"step": 0, "epoch": 0, "lr": optimizer.param_groups[0]["lr"], **last_val}
+        session.report(metrics, None, 0)
+
+    window = [0.0, 0.0, 0.0, 0]  # loss, l1, kl sums over steps; steps
+    window_start = time.perf_counter()
+    batches = iter(stream)
+    for step in range(start_step + 1, t.steps + 1):
+        batch = _to(next(batches), device)
+        with autocast():
+            pred, latent = ddp(batch["state"], batch["image"], batch["action"], batch["action_is_pad"])
+            loss, l1, kl = act_loss(pred, batch["action"], batch["action_is_pad"], latent, t.kl_weight,
+                                    cfg.model.kl_reduction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(ddp.parameters(), t.grad_clip_norm)
+        optimizer.step()
+        scheduler.step()
+        window = [window[0] + loss.item(), window[1] + l1.item(), window[2] + kl.item(), window[3] + 1]
+
+        evaluate, save = _due(step, t.eval_freq, t.steps), _due(step, t.save_freq, t.steps)
+        if not (evaluate or save or _due(step, t.log_freq, t.steps)):
+            continue
+        elapsed = time.perf_counter() - window_start
+        sums = all_reduce_sum(window[:3], device, world)
+        n = window[3] * world
+        if evaluate and len(val_ds):
+            last_val = validate(model, val_ds, cfg, device, rank, world, autocast)
+        metrics = {"step": step, "epoch": stream.epoch, "loss": sums[0] / n, "l1_loss": sums[1] / n,
+                   "kl_loss": sums[2] / n, "lr": optimizer.param_groups[0]["lr"],
+                   "lr_backbone": optimizer.param_groups[1]["lr"],
+                   "samples_per_s": n * t.batch_size / max(elapsed, 1e-9), **last_val}
+        if not all(math.isfinite(v) for v in (metrics["loss"],)):
+            raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; lower training.lr")
+        _report(session, metrics, step, save, model, optimizer, scheduler, stream, prepared, cfg)
+        window, window_start = [0.0, 0.0, 0.0, 0], time.perf_counter()
+    return metrics
+
+
+def _report(session, metrics, step, save, model, optimizer, scheduler, stream, prepared, cfg) -> None:
+    rngs = None
+    if save:
+        # Every rank's RNG state goes into rank 0's checkpoint so a restart continues each stream.
+        rngs = [rng_state()]
+        if session.world_size > 1:
+            rngs = [None] * session.world_size
+            dist.all_gather_object(rngs, rng_state())
+    if not (save and session.rank == 0):
+        session.report(metrics, None, step)
+        return
+    with tempfile.TemporaryDirectory(prefix="tune_app_ckpt_") as tmp:
+        save_pretrained(tmp, model, cfg, prepared.stats, prepared.episodes.num_cameras)
+        save_training_state(tmp, {"step": step, "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "epoch": stream.epoch,
+                                  "batch": stream.batch, "rng": rngs, "world_size": session.world_size})
+        session.report(metrics, tmp, step)
+
+
+def _restore(ckpt_dir: str, model, optimizer, scheduler, stream: BatchStream, rank: int, world: int) -> int:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(f"{ckpt_dir}/pretrained_model/model.safetensors"))
+    state = load_training_state(ckpt_dir)
+    if state is None:
+        return 0
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    stream.epoch, stream.batch = state["epoch"], state["batch"]
+    if state.get("world_size") == world and state.get("rng"):
+        set_rng_state(state["rng"][rank])
+    return int(state["step"])
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point for Ray Train workers: ``loop_config["config"]`` is ``Config.to_dict()``."""
+    from .session import RayTrainSession
+
+    cfg = config_from_dict(loop_config["config"])
+    run(cfg, RayTrainSession(cfg.training.device))
+
