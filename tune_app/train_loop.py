@@ -23,10 +23,12 @@ Validation runs before the first step of a fresh run (reported at step 0), every
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import tempfile
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,10 @@ from .errors import UserError
 from .policy.act import ACTPolicy, act_loss
 from .policy.checkpoint import load_training_state, save_pretrained, save_training_state
 from .schedule import build_scheduler
+
+# DDP warns once per process that the 1x1 projection's gradient layout differs from its bucket
+# view; it is a memory-layout note about a tiny conv, not a correctness problem.
+warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
 
 class ShardedEpochSampler(Sampler[int]):
@@ -131,6 +137,39 @@ def all_reduce_sum(values: list[float], device: torch.device, world_size: int) -
 
 
 @torch.no_grad()
+def average_buffers(model: torch.nn.Module, world_size: int) -> None:
+    """Average BatchNorm running statistics over ranks.
+
+    DDP copies rank 0's buffers to every rank at the start of each forward, then each rank's
+    forward updates them with its own batch, so after the last step the ranks disagree. Averaging
+    before validation and checkpoints makes every rank evaluate, and rank 0 save, the same model.
+    """
+    if world_size == 1:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buf in (module.running_mean, module.running_var):
+                dist.all_reduce(buf)
+                buf /= world_size
+
+
+@torch.no_grad()
+def param_spread(model: torch.nn.Module, device: torch.device, world_size: int) -> float:
+    """Largest difference across ranks of a fingerprint of the weights and buffers (sum and sum of
+    squares); 0 when every rank holds the identical model."""
+    fp = torch.zeros(2, dtype=torch.float64, device=device)
+    for p in [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]:
+        fp[0] += p.detach().double().sum()
+        fp[1] += p.detach().double().pow(2).sum()
+    if world_size == 1:
+        return 0.0
+    hi, lo = fp.clone(), -fp
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+    return float((hi + lo).abs().max())
+
+
+@torch.no_grad()
 def validate(model: ACTPolicy, dataset: ChunkDataset, cfg: Config, device: torch.device, rank: int,
              world_size: int, autocast) -> dict[str, float]:
     """Validation metrics over this rank's share of the validation frames, summed over ranks."""
@@ -140,9 +179,12 @@ def validate(model: ACTPolicy, dataset: ChunkDataset, cfg: Config, device: torch
     batches = [indices[i:i + bs] for i in range(0, len(indices), bs)]
     if cfg.training.val_batches is not None:
         batches = batches[: cfg.training.val_batches]
-    sums = [0.0, 0.0, 0.0, 0.0]  # inference L1, posterior L1, KL, samples
+    # Sums over every real (unpadded) action element and every sample, so the result does not
+    # depend on how frames were batched or sharded across ranks.
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # inference |err|, posterior |err|, KL, elements, samples
     for chunk in batches:
         batch = _to(torch.utils.data.default_collate([dataset[i] for i in chunk]), device)
+        elements = float((~batch["action_is_pad"]).sum().item() * batch["action"].shape[-1])
         with autocast():
             pred, _ = model(batch["state"], batch["image"])
             _, infer_l1, _ = act_loss(pred, batch["action"], batch["action_is_pad"], None, 0.0)
@@ -154,19 +196,38 @@ def validate(model: ACTPolicy, dataset: ChunkDataset, cfg: Config, device: torch
             else:
                 l1, kl = infer_l1, torch.zeros(())
         n = len(chunk)
-        sums = [sums[0] + infer_l1.item() * n, sums[1] + l1.item() * n, sums[2] + kl.item() * n, sums[3] + n]
+        sums = [sums[0] + infer_l1.item() * elements, sums[1] + l1.item() * elements, sums[2] + kl.item() * n,
+                sums[3] + elements, sums[4] + n]
     sums = all_reduce_sum(sums, device, world_size)
     model.train()
-    n = max(sums[3], 1.0)
-    return {"val_loss": sums[0] / n, "val_l1": sums[1] / n, "val_kl": sums[2] / n}
+    elements, samples = max(sums[3], 1.0), max(sums[4], 1.0)
+    return {"val_loss": sums[0] / elements, "val_l1": sums[1] / elements, "val_kl": sums[2] / samples}
 
 
 def _due(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
 
 
-def run(cfg: Config, session) -> dict[str, Any]:
-    """Train ``cfg`` in ``session``; returns the last reported metrics."""
+def progress_line(metrics: dict[str, Any], total_steps: int, elapsed_s: float, start_step: int) -> str:
+    """``step 100/300 | loss 4.52 | val_loss 0.526 | lr 1.0e-04 | 66 samples/s | ETA 0:30``."""
+    step = metrics["step"]
+    done = step - start_step
+    eta = elapsed_s / done * (total_steps - step) if done > 0 else float("nan")
+    parts = [f"step {step}/{total_steps}"]
+    parts += [f"{k} {metrics[k]:.4g}" for k in ("loss", "val_loss") if k in metrics]
+    parts.append(f"lr {metrics['lr']:.2e}")
+    if "samples_per_s" in metrics:
+        parts.append(f"{metrics['samples_per_s']:.0f} samples/s")
+    if math.isfinite(eta):
+        parts.append(f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
+    return " | ".join(parts)
+
+
+def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` in ``session``; returns the last reported metrics.
+
+    With ``progress``, rank 0 prints one line per report (step, losses, lr, samples/s, ETA).
+    """
     t, rank, world, device = cfg.training, session.rank, session.world_size, session.device
     seed_everything(t.seed + rank)
 
@@ -189,6 +250,8 @@ def run(cfg: Config, session) -> dict[str, Any]:
     if resume is not None:
         with resume() as ckpt_dir:
             start_step = _restore(ckpt_dir, model, optimizer, scheduler, stream, rank, world)
+    if start_step and progress and rank == 0:
+        print(f"resumed from checkpoint at step {start_step}", flush=True)
     ddp = DistributedDataParallel(model) if world > 1 else model   # broadcasts rank 0's weights
     use_bf16 = t.precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -200,7 +263,7 @@ def run(cfg: Config, session) -> dict[str, Any]:
         session.report(metrics, None, 0)
 
     window = [0.0, 0.0, 0.0, 0]  # loss, l1, kl sums over steps; steps
-    window_start = time.perf_counter()
+    window_start = run_start = time.perf_counter()
     batches = iter(stream)
     for step in range(start_step + 1, t.steps + 1):
         batch = _to(next(batches), device)
@@ -222,15 +285,21 @@ def run(cfg: Config, session) -> dict[str, Any]:
         elapsed = time.perf_counter() - window_start
         sums = all_reduce_sum(window[:3], device, world)
         n = window[3] * world
+        if evaluate or save:
+            average_buffers(model, world)
         if evaluate and len(val_ds):
             last_val = validate(model, val_ds, cfg, device, rank, world, autocast)
         metrics = {"step": step, "epoch": stream.epoch, "loss": sums[0] / n, "l1_loss": sums[1] / n,
                    "kl_loss": sums[2] / n, "lr": optimizer.param_groups[0]["lr"],
                    "lr_backbone": optimizer.param_groups[1]["lr"],
                    "samples_per_s": n * t.batch_size / max(elapsed, 1e-9), **last_val}
+        if save:
+            metrics["param_spread"] = param_spread(model, device, world)
         if not all(math.isfinite(v) for v in (metrics["loss"],)):
             raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; lower training.lr")
         _report(session, metrics, step, save, model, optimizer, scheduler, stream, prepared, cfg)
+        if progress and rank == 0:
+            print(progress_line(metrics, t.steps, time.perf_counter() - run_start, start_step), flush=True)
         window, window_start = [0.0, 0.0, 0.0, 0], time.perf_counter()
     return metrics
 
@@ -273,6 +342,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for Ray Train workers: ``loop_config["config"]`` is ``Config.to_dict()``."""
     from .session import RayTrainSession
 
+    # Ray Train logs every report at INFO on each worker; our own progress line says what matters.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = config_from_dict(loop_config["config"])
-    run(cfg, RayTrainSession(cfg.training.device))
+    run(cfg, RayTrainSession(cfg.training.device), progress=bool(loop_config.get("progress")))
 

@@ -1,0 +1,31 @@
+"""Shared test helpers. Ray-using modules start one local Ray each (see ``ray_local``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY = REPO / "configs" / "act_tiny.yaml"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m tune_app ARGS`` in a subprocess; returns the completed process (text output)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tune_app", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded local Ray (2 CPUs, dashboard on) for every test in a module."""
+    from tune_app import cluster
+
+    conn = cluster.connect(num_cpus=2, log_to_driver=False)
+    yield conn
+    cluster.shutdown()

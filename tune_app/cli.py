@@ -1,0 +1,101 @@
+"""``python -m tune_app``: argument parsing and the subcommands.
+
+User mistakes raise :class:`UserError` anywhere below; they are caught once, here, printed as one
+line, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _add_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: ray.num_cpus, else all)")
+
+
+def _find_user_error(exc: BaseException | None) -> UserError | None:
+    """Ray wraps a worker's exception (its class derives from the original); find a UserError in the chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UserError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import cluster, schedule
+    from .config import load_config, save_config
+    from .data import check_source, describe_source
+    from .trainable import MetricsFileCallback, fit_run
+
+    cfg = load_config(args.config, args.override)
+    check_source(cfg)
+    out = Path(cfg.training.output_dir)
+    previous = out.is_dir() and any(out.glob("checkpoint_*"))
+    if previous and args.overwrite:
+        shutil.rmtree(out)
+    elif previous and not args.resume:
+        raise UserError(f"training.output_dir {out} already holds a run; pass --resume to continue it "
+                        "or --overwrite to start over (or choose another training.output_dir)")
+    if warning := schedule.describe(cfg.training):
+        print(f"warning: {warning}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    conn = cluster.connect(args.address, num_cpus=args.num_cpus or cfg.ray.num_cpus)
+    need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    if need > conn.num_cpus:
+        raise UserError(f"ray.num_workers x ray.cpus_per_worker needs {need:g} CPUs but the Ray cluster has "
+                        f"{conn.num_cpus:g}; lower them or add CPUs")
+    print(f"tune_app train: {describe_source(cfg)}, {cfg.ray.num_workers} DDP worker(s), "
+          f"{cfg.training.steps} steps -> {out}", flush=True)
+    try:
+        result = fit_run(cfg, out.parent, out.name, conn.num_gpus, progress=True,
+                         callbacks=[MetricsFileCallback(out / "metrics.jsonl")])
+    except Exception as exc:  # noqa: BLE001 - a user's mistake inside a worker still gets one line
+        if (user := _find_user_error(exc)) is not None:
+            raise user from None
+        raise
+    finally:
+        cluster.shutdown()
+    if result.checkpoint is None:
+        print("tune_app train: finished without a checkpoint", file=sys.stderr)
+        return 1
+    print(f"final checkpoint: {result.checkpoint.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tune_app", description="Hyperparameter search for ACT policies on Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one configuration (a Ray Train TorchTrainer job)")
+    p.add_argument("--config", help="training config YAML (default: built-in defaults)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a config key, typed as YAML (repeatable), e.g. training.lr=5e-5")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in training.output_dir from its last checkpoint")
+    group.add_argument("--overwrite", action="store_true", help="delete the run in training.output_dir and start over")
+    _add_connection_args(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"tune_app: error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("tune_app: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,103 @@
+"""Connecting to Ray: an existing cluster (``--address`` / ``RAY_ADDRESS``) or an embedded local one.
+
+Environment knobs that Ray reads in its actors must be set before ``ray.init`` (actors inherit the
+raylet's environment), so :func:`ray_env_defaults` is applied first. Each is a default: a value
+already in the environment wins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from .errors import UserError
+
+# Why each default (see ray-notes.md):
+RAY_ENV_DEFAULTS = {
+    # Train's controller polls workers this often; the 2 s default caps reports at one per 2 s.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    # A worker group that cannot be placed fails in a minute rather than retrying forever.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    # Fewer, shorter progress lines from Tune.
+    "RAY_AIR_NEW_OUTPUT": "1",
+    # Train's print patch sends each print of rank 0 through a logger and to stdout: printed twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def ray_env_defaults(local: bool) -> None:
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if local:
+        # An embedded cluster is reachable only from this machine: no token needed for its dashboard.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@dataclass
+class Connection:
+    address: str | None          # None for an embedded cluster
+    dashboard_url: str | None
+    num_cpus: float
+    num_gpus: float
+
+    @property
+    def local(self) -> bool:
+        return self.address is None
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True,
+            dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
+            log_to_driver: bool = True) -> Connection:
+    """Join ``address`` (or ``RAY_ADDRESS``), else start an embedded local Ray on 127.0.0.1.
+
+    The embedded cluster keeps its dashboard: Ray Train's placement-group cleaner needs the State
+    API it serves, or an early-stopped trial leaks its workers' resources (ray-notes.md §3).
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray_env_defaults(local=address is None)
+    import ray
+
+    if ray.is_initialized():
+        ctx = None
+    elif address:
+        try:
+            ctx = ray.init(address=address, log_to_driver=log_to_driver)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(f"--address {address}: cannot connect to a Ray cluster ({exc}); check the address or omit it for a local Ray") from None
+    else:
+        kwargs = dict(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+                      log_to_driver=log_to_driver, object_store_memory=200 << 20)
+        if dashboard_port:
+            kwargs["dashboard_port"] = dashboard_port
+        ctx = ray.init(**kwargs)
+    resources = ray.cluster_resources()
+    url = getattr(ctx, "dashboard_url", None) if ctx is not None else None
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    return Connection(address=address, dashboard_url=url or None,
+                      num_cpus=resources.get("CPU", 0.0), num_gpus=resources.get("GPU", 0.0))
+
+
+def wait_for_nodes(count: int, timeout_s: float = 300.0, poll_s: float = 1.0) -> int:
+    """Block until ``count`` nodes are alive; a :class:`UserError` when they do not come in time."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        if alive >= count:
+            return alive
+        if time.monotonic() > deadline:
+            raise UserError(f"--wait-nodes {count}: only {alive} Ray node(s) alive after {timeout_s:.0f} s; "
+                            "check that the worker nodes could join the head, or raise --wait-timeout")
+        time.sleep(poll_s)
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,79 @@
+"""Ray Train jobs: the TorchTrainer for one training run, and the Tune trainable that runs one per trial.
+
+Train V2 pattern (ray-notes.md §1): a Tune *function* trainable is the Train driver; it builds a
+``TorchTrainer`` whose workers run :func:`tune_app.train_loop.train_loop_per_worker`, and a
+``TuneReportCallback`` forwards rank 0's reports to Tune. The trainable itself holds no CPU
+(``{"cpu": 0, "memory": 1}``), so a trial's workers can use every CPU its resources name.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.train import UserCallback
+
+from .config import Config
+
+
+class MetricsFileCallback(UserCallback):
+    """Appends every rank-0 report of a Train run to a JSON-lines file (``metrics.jsonl``).
+
+    It runs in the Train controller, so the file is complete even when the driver is killed.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        record = {**metrics[0], "time": time.time()}
+        if checkpoint is not None:
+            record["checkpoint_path"] = checkpoint.path
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def worker_resources(cfg: Config, cluster_gpus: float) -> tuple[bool, dict[str, float]]:
+    """``(use_gpu, resources_per_worker)``: GPUs when the cluster has them and the config allows."""
+    use_gpu = cfg.training.device != "cpu" and cluster_gpus > 0
+    gpus = cfg.ray.gpus_per_worker if cfg.ray.gpus_per_worker is not None else (1.0 if use_gpu else 0.0)
+    use_gpu = use_gpu and gpus > 0
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = gpus
+    return use_gpu, resources
+
+
+def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: float,
+                       callbacks: list | None = None, progress: bool = False, keep_checkpoints: int | None = None,
+                       max_failures: int = 0):
+    """The TorchTrainer that trains ``cfg`` on ``ray.num_workers`` DDP workers.
+
+    Its run lives at ``storage_path/name``; a run restarted with the same pair resumes from its
+    latest checkpoint (Train V2 restores it automatically).
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .train_loop import train_loop_per_worker
+
+    use_gpu, resources = worker_resources(cfg, cluster_gpus)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "progress": progress},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(storage_path), callbacks=callbacks or [],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+    )
+
+
+def fit_run(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: float, **kwargs: Any):
+    """Train one run to the end; returns Ray Train's ``Result``."""
+    return make_torch_trainer(cfg, storage_path, name, cluster_gpus, **kwargs).fit()
