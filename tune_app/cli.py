@@ -73,6 +73,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import cluster
+    from .data import check_source
+    from .search_space import load_sweep
+    from .sweep import prepare_run_dir, run_sweep
+
+    sweep = load_sweep(args.space, overrides=args.override, name=args.name, storage_path=args.storage,
+                       max_concurrent=args.max_concurrent)
+    check_source(sweep.base)
+    if not args.overwrite:
+        prepare_run_dir(sweep, overwrite=False)   # refuse an existing sweep before starting Ray
+    conn = cluster.connect(args.address, num_cpus=args.num_cpus or sweep.base.ray.num_cpus)
+    try:
+        summary = run_sweep(sweep, conn, overwrite=args.overwrite)
+    finally:
+        cluster.shutdown()
+    return 0 if summary["best_trial"] else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from . import cluster
+    from .sweep import resume_sweep
+
+    conn = cluster.connect(args.address, num_cpus=args.num_cpus)
+    try:
+        summary = resume_sweep(args.run_dir, conn)
+    finally:
+        cluster.shutdown()
+    return 0 if summary["best_trial"] else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .results import load_run, render_table
+
+    run = load_run(args.run_dir)
+    if args.json:
+        print(json.dumps(run.summary(), indent=2, default=str))
+    else:
+        print(render_table(run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tune_app", description="Hyperparameter search for ACT policies on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--overwrite", action="store_true", help="delete the run in training.output_dir and start over")
     _add_connection_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run a sweep defined by a search-space YAML")
+    p.add_argument("space", help="search-space file, e.g. search_spaces/lr_grid.yaml")
+    p.add_argument("--name", help="sweep name (default: ray.name in the file, else the file name)")
+    p.add_argument("--storage", help="where runs live (default: ray.storage_path, else ./runs); a path or a URI")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a key of every trial's base config (repeatable)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+    _add_connection_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted sweep")
+    p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
+    _add_connection_args(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("status", help="table of a sweep's trials (during or after it)")
+    p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

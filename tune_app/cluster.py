@@ -28,12 +28,22 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+# Modules every Ray worker process imports before it takes work. Train workers then start with
+# torch and the training loop already imported (about 1 s less per worker on 2 cores). For clusters
+# started with `ray start`, export RAY_preload_python_modules with the same list on every node.
+PRELOAD_MODULES = [m for m in os.environ.get("TUNE_APP_PRELOAD", "torch,tune_app.train_loop").split(",") if m]
+
+LOCAL_ENV_DEFAULTS = {
+    # An embedded cluster is reachable only from this machine: no token needed for its dashboard.
+    "RAY_AUTH_MODE": "disabled",
+    # The preemption watcher is one more actor process per trial; nothing preempts a local machine.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
 def ray_env_defaults(local: bool) -> None:
-    for key, value in RAY_ENV_DEFAULTS.items():
+    for key, value in {**RAY_ENV_DEFAULTS, **(LOCAL_ENV_DEFAULTS if local else {})}.items():
         os.environ.setdefault(key, value)
-    if local:
-        # An embedded cluster is reachable only from this machine: no token needed for its dashboard.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @dataclass
@@ -69,7 +79,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
             raise UserError(f"--address {address}: cannot connect to a Ray cluster ({exc}); check the address or omit it for a local Ray") from None
     else:
         kwargs = dict(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-                      log_to_driver=log_to_driver, object_store_memory=200 << 20)
+                      log_to_driver=log_to_driver, object_store_memory=200 << 20,
+                      _system_config={"preload_python_modules": PRELOAD_MODULES} if PRELOAD_MODULES else None)
         if dashboard_port:
             kwargs["dashboard_port"] = dashboard_port
         ctx = ray.init(**kwargs)

@@ -25,9 +25,14 @@ def pick_device(requested: str, assigned: torch.device | None = None) -> torch.d
 class RayTrainSession:
     """The session of a Ray Train worker (``TorchTrainer`` has already set up the process group)."""
 
-    def __init__(self, requested_device: str):
+    def __init__(self, requested_device: str, cpus_per_worker: float):
         import ray.train
         import ray.train.torch
+
+        # torch sizes its thread pool from OMP_NUM_THREADS when first imported; a worker process that
+        # imported it earlier (a preloaded pool worker) would run as many threads as the machine has
+        # cores, oversubscribing the CPUs its neighbours hold. Pin it to this worker's share.
+        torch.set_num_threads(max(1, int(cpus_per_worker)))
 
         self._train = ray.train
         ctx = ray.train.get_context()

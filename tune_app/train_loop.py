@@ -16,6 +16,10 @@ steps done), ``epoch``, ``samples_per_s`` (all ranks), and the latest validation
 * ``val_l1`` and ``val_kl``: the training objective's two terms on the validation episodes, with
   the CVAE posterior mean as the latent.
 
+``first_step_at`` (unix time the first optimizer step of this start began), ``loop_time_s``
+(wall seconds since then, validation and checkpoints included) and ``step_time_s`` (seconds
+inside optimizer steps, data loading included) measure start-up, throughput and efficiency.
+
 Validation runs before the first step of a fresh run (reported at step 0), every
 ``training.eval_freq`` steps and at the end; checkpoints every ``training.save_freq`` and at the end.
 """
@@ -23,7 +27,6 @@ Validation runs before the first step of a fresh run (reported at step 0), every
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import random
 import tempfile
@@ -265,7 +268,11 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
     window = [0.0, 0.0, 0.0, 0]  # loss, l1, kl sums over steps; steps
     window_start = run_start = time.perf_counter()
     batches = iter(stream)
+    first_step_at, step_time = None, 0.0
     for step in range(start_step + 1, t.steps + 1):
+        step_start = time.perf_counter()
+        if first_step_at is None:
+            first_step_at, loop_start = time.time(), step_start
         batch = _to(next(batches), device)
         with autocast():
             pred, latent = ddp(batch["state"], batch["image"], batch["action"], batch["action_is_pad"])
@@ -278,6 +285,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
         optimizer.step()
         scheduler.step()
         window = [window[0] + loss.item(), window[1] + l1.item(), window[2] + kl.item(), window[3] + 1]
+        step_time += time.perf_counter() - step_start
 
         evaluate, save = _due(step, t.eval_freq, t.steps), _due(step, t.save_freq, t.steps)
         if not (evaluate or save or _due(step, t.log_freq, t.steps)):
@@ -292,7 +300,9 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
         metrics = {"step": step, "epoch": stream.epoch, "loss": sums[0] / n, "l1_loss": sums[1] / n,
                    "kl_loss": sums[2] / n, "lr": optimizer.param_groups[0]["lr"],
                    "lr_backbone": optimizer.param_groups[1]["lr"],
-                   "samples_per_s": n * t.batch_size / max(elapsed, 1e-9), **last_val}
+                   "samples_per_s": n * t.batch_size / max(elapsed, 1e-9), **last_val,
+                   "first_step_at": first_step_at, "loop_time_s": time.perf_counter() - loop_start,
+                   "step_time_s": step_time}
         if save:
             metrics["param_spread"] = param_spread(model, device, world)
         if not all(math.isfinite(v) for v in (metrics["loss"],)):
@@ -342,8 +352,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for Ray Train workers: ``loop_config["config"]`` is ``Config.to_dict()``."""
     from .session import RayTrainSession
 
-    # Ray Train logs every report at INFO on each worker; our own progress line says what matters.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = config_from_dict(loop_config["config"])
-    run(cfg, RayTrainSession(cfg.training.device), progress=bool(loop_config.get("progress")))
+    run(cfg, RayTrainSession(cfg.training.device, cfg.ray.cpus_per_worker), progress=bool(loop_config.get("progress")))
 

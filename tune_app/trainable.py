@@ -56,6 +56,7 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
 
     from .train_loop import train_loop_per_worker
 
@@ -70,6 +71,8 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
             name=name, storage_path=str(storage_path), callbacks=callbacks or [],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # Train logs every report at INFO; the loop's own progress line says what matters.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
 
@@ -77,3 +80,29 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
 def fit_run(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: float, **kwargs: Any):
     """Train one run to the end; returns Ray Train's ``Result``."""
     return make_torch_trainer(cfg, storage_path, name, cluster_gpus, **kwargs).fit()
+
+
+def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, cluster_gpus: float,
+              keep_checkpoints: int = 2) -> None:
+    """The Tune function trainable: one trial = one TorchTrainer run of ``base`` + ``params``.
+
+    The Train run is named after the trial (``train-<trial_id>``) under ``trials_dir``, so a trial
+    restarted by ``resume`` (or after a failure) continues from its latest checkpoint.
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .config import build_config
+
+    cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
+    trial_id = tune.get_context().get_trial_id()
+    fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TuneReportCallback()],
+            keep_checkpoints=keep_checkpoints)
+
+
+def tune_trainable(base: Config, trials_dir: str | Path, cluster_gpus: float):
+    """``run_trial`` bound to a sweep's base config, holding no CPU itself (its workers hold them)."""
+    from ray import tune
+
+    fn = tune.with_parameters(run_trial, base=base.to_dict(), trials_dir=str(trials_dir), cluster_gpus=cluster_gpus)
+    return tune.with_resources(fn, {"cpu": 0, "memory": 1})

@@ -1,0 +1,143 @@
+"""Real sweeps on a local Ray: the grid, ASHA, status, kill + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tune_app.results import load_run, render_table
+from tune_app.search_space import load_sweep
+from tune_app.sweep import run_sweep
+
+from .conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+SHORT = ["training.steps=10", "training.log_freq=5", "training.eval_freq=5", "training.save_freq=5",
+         "training.val_batches=2", "data.demo_episodes=12", "data.demo_episode_len=30"]
+
+
+@pytest.fixture(scope="module")
+def grid_run(ray_local, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("sweeps")
+    sweep = load_sweep(REPO / "search_spaces" / "lr_grid.yaml", overrides=SHORT, storage_path=str(storage))
+    summary = run_sweep(sweep, ray_local)
+    return storage / "lr_grid", summary
+
+
+def test_grid_runs_every_combination_once_with_its_parameters(grid_run):
+    run_dir, summary = grid_run
+    combos = sorted((t["params"]["training.lr"], t["params"]["training.kl_weight"]) for t in summary["trials"])
+    assert combos == sorted((lr, kl) for lr in (1e-5, 5e-5, 1e-4) for kl in (10.0, 1.0))
+    for t in summary["trials"]:
+        assert t["state"] == "TERMINATED" and t["last_step"] == 10
+        used = json.loads((Path(t["checkpoint"]) / "pretrained_model" / "train_config.json").read_text())
+        assert used["training"]["lr"] == t["params"]["training.lr"]
+        assert used["training"]["kl_weight"] == t["params"]["training.kl_weight"]
+    starts = [json.loads(x) for x in (run_dir / "trial_events.jsonl").read_text().splitlines() if '"start"' in x]
+    assert len(starts) == 6
+
+
+def test_sweep_writes_best_config_and_checkpoint(grid_run):
+    run_dir, summary = grid_run
+    best = [t for t in summary["trials"] if t["best"]]
+    assert len(best) == 1 and best[0]["metric"] == min(t["metric"] for t in summary["trials"])
+    from tune_app.config import load_config
+
+    cfg = load_config(run_dir / "best_config.yaml")
+    assert cfg.training.lr == best[0]["params"]["training.lr"] and cfg.training.steps == 10
+    assert (run_dir / "best" / "pretrained_model" / "model.safetensors").is_file()
+    assert (run_dir / "base_config.yaml").is_file()
+
+
+def test_status_after_a_sweep(grid_run):
+    run_dir, summary = grid_run
+    proc = run_cli("status", str(run_dir))
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert sum("TERMINATED" in x for x in lines) == 6
+    best_line = [x for x in lines if x.startswith("*")]
+    assert len(best_line) == 1 and summary["best_trial"] in best_line[0]
+    data = json.loads(run_cli("status", str(run_dir), "--json").stdout)
+    assert data["best_trial"] == summary["best_trial"] and len(data["trials"]) == 6
+
+
+def test_asha_stops_a_weak_trial_early(ray_local, tmp_path):
+    space = tmp_path / "asha.yaml"
+    space.write_text(f"""
+method: grid
+metric: {{name: val_loss, goal: minimize}}
+base_config: {REPO / 'configs' / 'act_tiny.yaml'}
+parameters:
+  training.lr: {{values: [3.0e-4, 1.0e-3, 1.0e-8, 1.0e-9]}}
+early_terminate: {{type: hyperband, min_iter: 10, eta: 2, max_iter: 30}}
+ray: {{max_concurrent_trials: 1}}
+""")
+    overrides = ["training.steps=30", "training.log_freq=10", "training.eval_freq=10", "training.save_freq=10",
+                 "training.val_batches=2", "data.demo_episodes=12", "data.demo_episode_len=30"]
+    summary = run_sweep(load_sweep(space, overrides=overrides, storage_path=str(tmp_path)), ray_local)
+    steps = {t["params"]["training.lr"]: t["last_step"] for t in summary["trials"]}
+    assert steps[3e-4] == 30                                 # the first trial sets the bar and runs out
+    assert any(s < 30 for s in steps.values())               # at least one weak trial was cut at a rung
+    assert any(t["state"] == "STOPPED EARLY" for t in summary["trials"])
+    assert "STOPPED EARLY" in render_table(load_run(tmp_path / "asha"))
+
+
+def _events(run_dir):
+    path = run_dir / "trial_events.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    space = tmp_path / "two.yaml"
+    space.write_text(f"""
+method: grid
+metric: {{name: val_loss, goal: minimize}}
+base_config: {REPO / 'configs' / 'act_tiny.yaml'}
+parameters:
+  training.lr: {{values: [1.0e-4, 5.0e-5]}}
+ray: {{max_concurrent_trials: 1, name: two}}
+""")
+    args = ["run", str(space), "--storage", str(tmp_path), "--num-cpus", "2",
+            "--override", "training.steps=80", "--override", "training.save_freq=10", "--override", "training.log_freq=10",
+            "--override", "training.eval_freq=40", "--override", "training.val_batches=2"]
+    run_dir = tmp_path / "two"
+    proc = subprocess.Popen([sys.executable, "-m", "tune_app", *args], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "the second trial never checkpointed"
+            done = {e["trial_id"] for e in _events(run_dir) if e["event"] == "complete"}
+            started = [e["trial_id"] for e in _events(run_dir) if e["event"] == "start"]
+            second = [t for t in started if t not in done]
+            if done and second and list((run_dir / "trials" / f"train-{second[0]}").glob("checkpoint_0000[2-9]0")):
+                break
+            time.sleep(0.5)
+        during = run_cli("status", str(run_dir))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert during.returncode == 0 and "TERMINATED" in during.stdout
+    finished, interrupted = done.pop(), second[0]
+
+    again = run_cli(*args)
+    assert again.returncode == 2 and "resume" in again.stderr          # no silent mixing
+    resumed = run_cli("resume", str(run_dir), "--num-cpus", "2")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    starts = [e["trial_id"] for e in _events(run_dir) if e["event"] == "start"]
+    assert starts.count(finished) == 1                                  # not rerun
+    assert starts.count(interrupted) == 2                               # restarted once ...
+    run = load_run(run_dir)
+    trial = next(t for t in run.trials if t.trial_id == interrupted)
+    steps = [r["step"] for r in trial.history]
+    assert steps.count(0) == 1 and steps[-1] == 80                      # ... from its checkpoint, not step 0
+    assert all(t.state == "TERMINATED" and t.last_step == 80 for t in run.trials)
+    assert "best:" in resumed.stdout

@@ -1,0 +1,180 @@
+"""Reading a sweep's run directory: trials, their metrics and checkpoints, the best one, the table.
+
+Reads only what Tune and Ray Train wrote (plus ``sweep.json``); it never imports the training
+code, so ``status`` works during a sweep, after it, and on a machine without the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    name: str
+    params: dict[str, Any]
+    state: str                      # PENDING | RUNNING | TERMINATED | ERROR | PAUSED
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: str | None = None   # latest checkpoint directory on disk
+    total_steps: int | None = None
+
+    @property
+    def last_step(self) -> int | None:
+        steps = [r["step"] for r in self.history if isinstance(r.get("step"), (int, float))]
+        return int(max(steps)) if steps else None
+
+    def values(self, metric: str) -> list[float]:
+        return [r[metric] for r in self.history if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+
+    def last(self, metric: str) -> float | None:
+        vals = self.values(metric)
+        return vals[-1] if vals else None
+
+    @property
+    def stopped_early(self) -> bool:
+        return (self.state == "TERMINATED" and self.total_steps is not None and self.last_step is not None
+                and self.last_step < self.total_steps)
+
+    @property
+    def display_state(self) -> str:
+        return "STOPPED EARLY" if self.stopped_early else self.state
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    metric: str
+    mode: str
+    parameters: list[str]
+    total_steps: int | None
+    trials: list[TrialRecord]
+
+    def _key(self, value: float) -> float:
+        return value if self.mode == "min" else -value
+
+    def best_metric(self, trial: TrialRecord) -> float | None:
+        vals = trial.values(self.metric)
+        return min(vals, key=self._key) if vals else None
+
+    def best(self) -> "BestTrial | None":
+        scored = [(t, t.last(self.metric)) for t in self.trials if t.last(self.metric) is not None and t.state != "ERROR"]
+        if not scored:
+            return None
+        trial, value = min(scored, key=lambda tv: self._key(tv[1]))
+        return BestTrial(trial.trial_id, trial.name, trial.params, value, trial.checkpoint)
+
+    def summary(self) -> dict[str, Any]:
+        best = self.best()
+        return {
+            "name": self.name, "metric": self.metric, "mode": self.mode, "path": str(self.path),
+            "best_trial": best.trial_id if best else None,
+            "trials": [{"trial_id": t.trial_id, "name": t.name, "params": t.params, "state": t.display_state,
+                        "last_step": t.last_step, "metric": t.last(self.metric), "best_metric": self.best_metric(t),
+                        "checkpoint": t.checkpoint, "best": best is not None and t.trial_id == best.trial_id}
+                       for t in self.trials],
+        }
+
+
+@dataclass
+class BestTrial:
+    trial_id: str
+    name: str
+    params: dict[str, Any]
+    metric_last: float
+    checkpoint: str | None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue   # a line being written right now
+    return out
+
+
+def _latest_state_file(path: Path) -> Path | None:
+    files = sorted(path.glob("experiment_state-*.json"))
+    return files[-1] if files else None
+
+
+def _trial_entries(state_file: Path) -> list[dict[str, Any]]:
+    data = json.loads(state_file.read_text())
+    entries = []
+    for item in data.get("trial_data", []):
+        trial_json = item[0] if isinstance(item, (list, tuple)) else item
+        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+        runtime = {}
+        if isinstance(item, (list, tuple)) and len(item) > 1:
+            runtime = json.loads(item[1]) if isinstance(item[1], str) else item[1]
+        entries.append({**trial, "_runtime": runtime})
+    return entries
+
+
+def _latest_checkpoint(run_dir: Path, trial_id: str) -> str | None:
+    ckpts = sorted((run_dir / "trials" / f"train-{trial_id}").glob("checkpoint_*"))
+    ckpts = [c for c in ckpts if (c / "pretrained_model" / "model.safetensors").is_file()]
+    return str(ckpts[-1]) if ckpts else None
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Everything ``status``/``report`` show about a sweep directory."""
+    path = Path(run_dir).resolve()
+    meta_file = path / "sweep.json"
+    if not meta_file.is_file():
+        raise UserError(f"{run_dir}: not a tune_app sweep directory (no sweep.json); give the directory `run` printed, e.g. runs/lr_grid")
+    meta = json.loads(meta_file.read_text())
+    trials: list[TrialRecord] = []
+    state_file = _latest_state_file(path)
+    for entry in (_trial_entries(state_file) if state_file else []):
+        trial_id = entry.get("trial_id")
+        config = entry.get("config") or {}
+        params = {k: config[k] for k in meta["parameters"] if k in config}
+        local = entry.get("_runtime", {}).get("_last_result", {}) if isinstance(entry.get("_runtime"), dict) else {}
+        dirname = entry.get("relative_logdir") or entry.get("_relative_logdir") or ""
+        trial_dir = path / dirname if dirname else None
+        history = _read_jsonl(trial_dir / "result.json") if trial_dir else []
+        if not history and local:
+            history = [local]
+        from .search_space import trial_name
+
+        trials.append(TrialRecord(trial_id=trial_id, name=trial_name(params, meta["parameters"]), params=params,
+                                  state=str(entry.get("status", "PENDING")), history=history,
+                                  checkpoint=_latest_checkpoint(path, trial_id), total_steps=meta.get("total_steps")))
+    return Run(path=path, name=meta["name"], metric=meta["metric"], mode=meta["mode"], parameters=meta["parameters"],
+               total_steps=meta.get("total_steps"), trials=trials)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return str(v)
+
+
+def render_table(run: Run) -> str:
+    """Trial | params... | metric | best metric | steps | state, the best trial marked with '*'."""
+    best = run.best()
+    headers = ["", "trial", *[p.rsplit(".", 1)[-1] for p in run.parameters], run.metric, f"best {run.metric}", "steps", "state"]
+    rows = []
+    for t in run.trials:
+        mark = "*" if best and t.trial_id == best.trial_id else ""
+        rows.append([mark, t.trial_id, *[_fmt(t.params.get(p)) for p in run.parameters], _fmt(t.last(run.metric)),
+                     _fmt(run.best_metric(t)), f"{_fmt(t.last_step)}/{_fmt(t.total_steps)}", t.display_state])
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [f"sweep '{run.name}' ({len(run.trials)} trials, {run.metric} {'lower' if run.mode == 'min' else 'higher'} is better)",
+           line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,222 @@
+"""Running a sweep: the Tuner over :func:`tune_app.trainable.run_trial`, its run directory, resume.
+
+Run directory (``<storage>/<name>/``, ``runs/<name>/`` by default)::
+
+    tuner.pkl, experiment_state-*.json, <trial dirs>/   Tune's own state and per-trial results
+    trials/train-<trial_id>/checkpoint_000100/          each trial's Train run and checkpoints
+    sweep.json                                          what resume and status need
+    base_config.yaml                                    the resolved base training config
+    best_config.yaml, best/, summary.json               written when the sweep ends
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cluster import Connection
+from .config import build_config, save_config
+from .errors import UserError
+from .search_space import Sweep, trial_name
+from .yamlio import load_yaml
+
+SWEEP_FILE = "sweep.json"
+
+
+class TrialNamer:
+    """Names trials after their parameters (``lr=5e-05,kl_weight=10``); picklable for tuner.pkl."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+
+    def __call__(self, trial) -> str:
+        return trial_name(trial.config, self.keys)
+
+
+class TrialDirNamer(TrialNamer):
+    def __call__(self, trial) -> str:
+        return f"{trial.trial_id}_{trial_name(trial.config, self.keys)}"[:120]
+
+
+def _progress_callback(keys: list[str], total_steps: int, metric: str, events_file: str | None):
+    from ray.tune import Callback
+
+    class ProgressPrinter(Callback):
+        """One line per trial report, start and end, instead of Tune's periodic tables; trial
+        start/end times go to ``trial_events.jsonl`` (start-up and efficiency measurements)."""
+
+        def __init__(self):
+            self.start = time.monotonic()
+
+        def _event(self, trial, event: str) -> None:
+            if events_file:
+                with open(events_file, "a") as f:
+                    f.write(json.dumps({"trial_id": trial.trial_id, "event": event, "time": time.time()}) + "\n")
+
+        def _say(self, trial, text: str) -> None:
+            print(f"[{time.monotonic() - self.start:6.1f}s] {trial_name(trial.config, keys)}: {text}", flush=True)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._event(trial, "start")
+            self._say(trial, "started")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            parts = [f"step {result.get('step', '?')}/{total_steps}"]
+            parts += [f"{k} {result[k]:.4g}" for k in ("loss", metric) if isinstance(result.get(k), (int, float))]
+            self._say(trial, " | ".join(parts))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._event(trial, "complete")
+            self._say(trial, "finished")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._event(trial, "error")
+            self._say(trial, f"FAILED (see {trial.local_path}/error.txt)")
+
+    return ProgressPrinter()
+
+
+def default_concurrency(sweep: Sweep, conn: Connection) -> int:
+    """As many trials at once as the cluster's CPUs (and GPUs) hold; a trial that can never fit is an error."""
+    from .trainable import worker_resources
+
+    use_gpu, res = worker_resources(sweep.base, conn.num_gpus)
+    per_trial_cpu = sweep.base.ray.num_workers * res["CPU"]
+    if per_trial_cpu > conn.num_cpus:
+        raise UserError(f"one trial needs {per_trial_cpu:g} CPUs (ray.num_workers x ray.cpus_per_worker) but the "
+                        f"Ray cluster has {conn.num_cpus:g}; lower them or add nodes")
+    slots = int(conn.num_cpus // per_trial_cpu)
+    if use_gpu:
+        slots = min(slots, int(conn.num_gpus // (sweep.base.ray.num_workers * res["GPU"])))
+    return max(1, slots)
+
+
+def run_dir_for(sweep: Sweep) -> str:
+    storage = sweep.storage_path or str(Path("runs").resolve())
+    return f"{storage.rstrip('/')}/{sweep.name}"
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def prepare_run_dir(sweep: Sweep, overwrite: bool) -> str:
+    """Claim ``<storage>/<name>``: refuse to mix with an earlier sweep unless told to overwrite."""
+    run_dir = run_dir_for(sweep)
+    if _is_local(run_dir):
+        path = Path(run_dir.removeprefix("file://"))
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise UserError(f"{path} already holds a sweep named '{sweep.name}'; continue it with "
+                                f"`python -m tune_app resume {path}`, start over with --overwrite, or pick another --name")
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _write_sweep_files(run_dir: str, sweep: Sweep) -> None:
+    meta = {"name": sweep.name, "source": str(sweep.source.resolve()), "method": sweep.method,
+            "metric": sweep.metric, "mode": sweep.mode, "parameters": list(sweep.parameters),
+            "total_steps": sweep.base.training.steps, "raw": sweep.raw}
+    _put_files(run_dir, {SWEEP_FILE: json.dumps(meta, indent=2, default=str)})
+    local = Path(run_dir)
+    if _is_local(run_dir):
+        save_config(sweep.base, local / "base_config.yaml")
+
+
+def _put_files(run_dir: str, files: dict[str, str]) -> None:
+    if _is_local(run_dir):
+        for name, text in files.items():
+            target = Path(run_dir.removeprefix("file://")) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        return
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(run_dir)
+    for name, text in files.items():
+        with fs.open_output_stream(f"{root}/{name}") as f:
+            f.write(text.encode())
+
+
+def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurrent: int,
+           sweep: Sweep | None = None):
+    from ray import tune
+
+    from .trainable import tune_trainable
+
+    keys = sweep_meta["parameters"]
+    trainable = tune_trainable(base, f"{run_dir}/trials", conn.num_gpus)
+    storage, name = run_dir.rsplit("/", 1)
+    run_config = tune.RunConfig(
+        name=name, storage_path=storage, verbose=0,
+        callbacks=[_progress_callback(keys, sweep_meta["total_steps"], sweep_meta["metric"],
+                                      f"{run_dir}/trial_events.jsonl" if _is_local(run_dir) else None)],
+    )
+    if sweep is None:
+        return tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
+    tune_config = tune.TuneConfig(
+        metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+        max_concurrent_trials=max_concurrent, scheduler=sweep.scheduler(), search_alg=sweep.search_alg(),
+        trial_name_creator=TrialNamer(keys), trial_dirname_creator=TrialDirNamer(keys),
+    )
+    return tune.Tuner(trainable, param_space=sweep.param_space(), tune_config=tune_config, run_config=run_config)
+
+
+def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False) -> dict[str, Any]:
+    """Run ``sweep`` to the end on the connected cluster; returns the summary it writes."""
+    run_dir = prepare_run_dir(sweep, overwrite)
+    _write_sweep_files(run_dir, sweep)
+    concurrency = sweep.max_concurrent_trials or default_concurrency(sweep, conn)
+    print(f"tune_app run: sweep '{sweep.name}' ({sweep.method}, {sweep.grid_size()} trial(s), up to {concurrency} at once, "
+          f"{sweep.base.ray.num_workers} DDP worker(s) each) -> {run_dir}", flush=True)
+    meta = json.loads(Path(run_dir, SWEEP_FILE).read_text()) if _is_local(run_dir) else {
+        "parameters": list(sweep.parameters), "total_steps": sweep.base.training.steps, "metric": sweep.metric}
+    tuner = _tuner(meta, sweep.base, run_dir, conn, concurrency, sweep)
+    tuner.fit()
+    return finish(run_dir)
+
+
+def resume_sweep(run_dir: str, conn: Connection) -> dict[str, Any]:
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from checkpoints."""
+    path = Path(run_dir)
+    meta_file = path / SWEEP_FILE
+    if not meta_file.is_file() or not (path / "tuner.pkl").is_file():
+        raise UserError(f"{run_dir}: not a tune_app sweep directory (no {SWEEP_FILE} and tuner.pkl); "
+                        "give the directory `run` printed, e.g. runs/lr_grid")
+    meta = json.loads(meta_file.read_text())
+    base = build_config(load_yaml(path / "base_config.yaml"), source=str(path / "base_config.yaml"))
+    print(f"tune_app resume: sweep '{meta['name']}' in {path}", flush=True)
+    _tuner(meta, base, str(path.resolve()), conn, 0).fit()
+    return finish(str(path.resolve()))
+
+
+def finish(run_dir: str) -> dict[str, Any]:
+    """Write summary.json, best_config.yaml and best/ for a finished (or stopped) sweep; print the table."""
+    from .results import load_run, render_table
+
+    if not _is_local(run_dir):
+        # Tune wrote everything to the URI; reading it back here would need a full download.
+        print(f"sweep finished; results are in {run_dir} (status/report read a local copy of that folder)")
+        return {"best_trial": "remote"}
+    run = load_run(run_dir.removeprefix("file://"))
+    summary = run.summary()
+    best = run.best()
+    _put_files(run_dir, {"summary.json": json.dumps(summary, indent=2, default=str)})
+    if best is not None and _is_local(run_dir):
+        cfg = build_config(load_yaml(Path(run_dir) / "base_config.yaml"), overrides=best.params)
+        save_config(cfg, Path(run_dir) / "best_config.yaml")
+        if best.checkpoint:
+            dest = Path(run_dir) / "best"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(best.checkpoint, dest)
+    print(render_table(run), flush=True)
+    if best is not None:
+        print(f"best: {best.name}  {run.metric} {best.metric_last:.5g}  -> {run_dir}/best_config.yaml, {run_dir}/best/")
+    else:
+        print("best: no trial reported the metric", file=sys.stderr)
+    return summary
