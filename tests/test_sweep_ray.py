@@ -137,7 +137,7 @@ ray: {{max_concurrent_trials: 1, name: two}}
     assert starts.count(interrupted) == 2                               # restarted once ...
     run = load_run(run_dir)
     trial = next(t for t in run.trials if t.trial_id == interrupted)
-    steps = [r["step"] for r in trial.history]
-    assert steps.count(0) == 1 and steps[-1] == 80                      # ... from its checkpoint, not step 0
+    steps = [r["step"] for r in trial.history]                          # Tune restarts the trial's results file
+    assert 0 not in steps and steps[0] >= 30 and steps[-1] == 80        # ... from its checkpoint (>= 20), not step 0
     assert all(t.state == "TERMINATED" and t.last_step == 80 for t in run.trials)
     assert "best:" in resumed.stdout

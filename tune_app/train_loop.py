@@ -18,7 +18,8 @@ steps done), ``epoch``, ``samples_per_s`` (all ranks), and the latest validation
 
 ``first_step_at`` (unix time the first optimizer step of this start began), ``loop_time_s``
 (wall seconds since then, validation and checkpoints included) and ``step_time_s`` (seconds
-inside optimizer steps, data loading included) measure start-up, throughput and efficiency.
+inside optimizer steps, data loading included) measure start-up, throughput and efficiency;
+``setup_s`` is the loop's own share of start-up (data, model, resume, first validation).
 
 Validation runs before the first step of a fresh run (reported at step 0), every
 ``training.eval_freq`` steps and at the end; checkpoints every ``training.save_freq`` and at the end.
@@ -231,6 +232,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
 
     With ``progress``, rank 0 prints one line per report (step, losses, lr, samples/s, ETA).
     """
+    entered = time.perf_counter()
     t, rank, world, device = cfg.training, session.rank, session.world_size, session.device
     seed_everything(t.seed + rank)
 
@@ -272,7 +274,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
     for step in range(start_step + 1, t.steps + 1):
         step_start = time.perf_counter()
         if first_step_at is None:
-            first_step_at, loop_start = time.time(), step_start
+            first_step_at, loop_start, setup_s = time.time(), step_start, step_start - entered
         batch = _to(next(batches), device)
         with autocast():
             pred, latent = ddp(batch["state"], batch["image"], batch["action"], batch["action_is_pad"])
@@ -302,7 +304,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
                    "lr_backbone": optimizer.param_groups[1]["lr"],
                    "samples_per_s": n * t.batch_size / max(elapsed, 1e-9), **last_val,
                    "first_step_at": first_step_at, "loop_time_s": time.perf_counter() - loop_start,
-                   "step_time_s": step_time}
+                   "step_time_s": step_time, "setup_s": setup_s}
         if save:
             metrics["param_spread"] = param_spread(model, device, world)
         if not all(math.isfinite(v) for v in (metrics["loss"],)):
