@@ -39,7 +39,7 @@ def test_cosine_values_at_key_points():
     mid = 1e-6 + (1e-4 - 1e-6) * 0.5                               # cosine midpoint
     assert lrs[550][0] == pytest.approx(mid)
     assert lrs[1000][0] == pytest.approx(1e-6)                     # end: min_lr
-    assert all(a[0] >= b[0] for a, b in zip(lrs[100:], lrs[101:]))  # monotone decay
+    assert all(a[0] >= b[0] for a, b in zip(lrs[100:], lrs[101:], strict=False))  # monotone decay
 
 
 def test_each_group_decays_to_min_lr():

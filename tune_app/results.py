@@ -64,7 +64,7 @@ class Run:
         vals = trial.values(self.metric)
         return min(vals, key=self._key) if vals else None
 
-    def best(self) -> "BestTrial | None":
+    def best(self) -> BestTrial | None:
         scored = [(t, t.last(self.metric)) for t in self.trials if t.last(self.metric) is not None and t.state != "ERROR"]
         if not scored:
             return None
@@ -172,8 +172,8 @@ def render_table(run: Run) -> str:
         mark = "*" if best and t.trial_id == best.trial_id else ""
         rows.append([mark, t.trial_id, *[_fmt(t.params.get(p)) for p in run.parameters], _fmt(t.last(run.metric)),
                      _fmt(run.best_metric(t)), f"{_fmt(t.last_step)}/{_fmt(t.total_steps)}", t.display_state])
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)] if rows else [len(h) for h in headers]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()  # noqa: E731
     out = [f"sweep '{run.name}' ({len(run.trials)} trials, {run.metric} {'lower' if run.mode == 'min' else 'higher'} is better)",
            line(headers), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]

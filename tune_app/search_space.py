@@ -310,4 +310,4 @@ def trial_name(params: dict[str, Any], keys: list[str]) -> str:
         return str(v).replace(" ", "")
     leaves = [k.rsplit(".", 1)[-1] for k in keys]
     # Two swept keys with the same last part (model.dropout vs ...) keep their full names.
-    return ",".join(f"{leaf if leaves.count(leaf) == 1 else key}={fmt(params.get(key))}" for leaf, key in zip(leaves, keys))
+    return ",".join(f"{leaf if leaves.count(leaf) == 1 else key}={fmt(params.get(key))}" for leaf, key in zip(leaves, keys, strict=False))

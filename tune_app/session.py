@@ -9,8 +9,9 @@ the same loop in one process without Ray (benchmarks, debugging), so every mode 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

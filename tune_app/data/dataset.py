@@ -39,7 +39,7 @@ class NormStats:
         return {name: np.asarray(getattr(self, attr), dtype=np.float32) for attr, name in self.KEYS.items()}
 
     @classmethod
-    def from_named(cls, named: dict) -> "NormStats":
+    def from_named(cls, named: dict) -> NormStats:
         return cls(**{attr: np.asarray(named[name], dtype=np.float32) for attr, name in cls.KEYS.items()})
 
 
@@ -78,7 +78,7 @@ class ChunkDataset(Dataset):
         self.chunk_size = chunk_size
         self.frames = _frame_indices(eps, episode_ids)
         ends = np.zeros(eps.num_frames, dtype=np.int64)
-        for s, e in zip(eps.episode_starts, eps.episode_ends):
+        for s, e in zip(eps.episode_starts, eps.episode_ends, strict=False):
             ends[s:e] = e
         self.frame_end = ends
         f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731

@@ -44,7 +44,7 @@ class EpisodeSet:
         return self.episode_ends - self.episode_starts
 
     @classmethod
-    def from_episodes(cls, episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], source: str) -> "EpisodeSet":
+    def from_episodes(cls, episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], source: str) -> EpisodeSet:
         """Concatenate ``[(states, actions, images), ...]``, one tuple per episode."""
         lengths = np.array([len(s) for s, _, _ in episodes], dtype=np.int64)
         ends = np.cumsum(lengths)
