@@ -28,6 +28,7 @@ Validation runs before the first step of a fresh run (reported at step 0), every
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import tempfile
@@ -350,10 +351,21 @@ def _restore(ckpt_dir: str, model, optimizer, scheduler, stream: BatchStream, ra
     return int(state["step"])
 
 
+def _quiet_train_reports() -> None:
+    """Ray Train 2.60 logs every report at INFO through a logger named after its file, which its
+    LoggingConfig level does not reach; the loop's own progress line says what matters."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for Ray Train workers: ``loop_config["config"]`` is ``Config.to_dict()``."""
     from .session import RayTrainSession
 
+    _quiet_train_reports()
     cfg = config_from_dict(loop_config["config"])
     run(cfg, RayTrainSession(cfg.training.device, cfg.ray.cpus_per_worker), progress=bool(loop_config.get("progress")))
 
