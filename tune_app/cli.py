@@ -31,7 +31,7 @@ def _find_user_error(exc: BaseException | None) -> UserError | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import cluster, schedule
+    from . import cluster, schedule, tracking
     from .config import load_config, save_config
     from .data import check_source, describe_source
     from .trainable import MetricsFileCallback, fit_run
@@ -47,8 +47,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "or --overwrite to start over (or choose another training.output_dir)")
     if warning := schedule.describe(cfg.training):
         print(f"warning: {warning}", file=sys.stderr)
+    if cfg.mlflow.enabled:
+        tracking.check_mlflow(tracking.mlflow_uri(cfg, out))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    tracking.prepare_environment(cfg, out)
 
     conn = cluster.connect(args.address, num_cpus=args.num_cpus or cfg.ray.num_cpus)
     need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
@@ -59,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{cfg.training.steps} steps -> {out}", flush=True)
     try:
         result = fit_run(cfg, out.parent, out.name, conn.num_gpus, progress=True,
-                         callbacks=[MetricsFileCallback(out / "metrics.jsonl")])
+                         callbacks=[MetricsFileCallback(out / "metrics.jsonl"), *tracking.train_callbacks(cfg, out)])
     except Exception as exc:  # noqa: BLE001 - a user's mistake inside a worker still gets one line
         if (user := _find_user_error(exc)) is not None:
             raise user from None
@@ -70,11 +73,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("tune_app train: finished without a checkpoint", file=sys.stderr)
         return 1
     print(f"final checkpoint: {result.checkpoint.path}")
+    for hint in (tracking.sync_hint(out) if cfg.wandb.enabled else None, tracking.mlflow_ui_hint(cfg, str(out))):
+        if hint:
+            print(hint)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import cluster
+    from . import cluster, tracking
     from .data import check_source
     from .search_space import load_sweep
     from .sweep import prepare_run_dir, run_sweep
@@ -82,20 +88,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.space, overrides=args.override, name=args.name, storage_path=args.storage,
                        max_concurrent=args.max_concurrent)
     check_source(sweep.base)
-    if not args.overwrite:
-        prepare_run_dir(sweep, overwrite=False)   # refuse an existing sweep before starting Ray
+    if sweep.base.mlflow.enabled:
+        tracking.check_mlflow(tracking.mlflow_uri(sweep.base, "."))
+    run_dir = prepare_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
+    tracking.prepare_environment(sweep.base, run_dir)
     conn = cluster.connect(args.address, num_cpus=args.num_cpus or sweep.base.ray.num_cpus)
     try:
-        summary = run_sweep(sweep, conn, overwrite=args.overwrite)
+        summary = run_sweep(sweep, conn, run_dir=run_dir)
     finally:
         cluster.shutdown()
     return 0 if summary["best_trial"] else 1
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from . import cluster
+    from . import cluster, tracking
+    from .config import build_config
     from .sweep import resume_sweep
+    from .yamlio import load_yaml
 
+    base_file = Path(args.run_dir) / "base_config.yaml"
+    if base_file.is_file():
+        tracking.prepare_environment(build_config(load_yaml(base_file)), args.run_dir)
     conn = cluster.connect(args.address, num_cpus=args.num_cpus)
     try:
         summary = resume_sweep(args.run_dir, conn)

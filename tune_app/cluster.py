@@ -73,6 +73,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"--address {address}: cannot connect to a Ray cluster ({exc}); check the address or omit it for a local Ray") from None
     else:
+        # Actors that use the State API without an address (Ray Train's placement-group cleaner)
+        # otherwise look for "the" local cluster and fail when a second one runs on this machine;
+        # the cleaner then never frees an early-stopped trial's CPUs and the sweep stalls. Pin the
+        # dashboard port and tell every process of this cluster (they inherit the env) where it is.
+        dashboard_port = dashboard_port or (_free_port(dashboard_host) if dashboard else None)
+        if dashboard and "RAY_API_SERVER_ADDRESS" not in os.environ:
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{dashboard_host}:{dashboard_port}"
+            _OWNED_ENV.add("RAY_API_SERVER_ADDRESS")
         kwargs = dict(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                       log_to_driver=log_to_driver, object_store_memory=200 << 20)
         if dashboard_port:
@@ -84,6 +92,23 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
         url = f"http://{url}"
     return Connection(address=address, dashboard_url=url or None,
                       num_cpus=resources.get("CPU", 0.0), num_gpus=resources.get("GPU", 0.0))
+
+
+_OWNED_ENV: set[str] = set()
+
+
+def _free_port(host: str, preferred: int = 8265) -> int:
+    """The dashboard's usual port when it is free, else any free port."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port")
 
 
 def wait_for_nodes(count: int, timeout_s: float = 300.0, poll_s: float = 1.0) -> int:
@@ -106,3 +131,6 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    for key in _OWNED_ENV:
+        os.environ.pop(key, None)
+    _OWNED_ENV.clear()

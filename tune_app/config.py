@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -140,7 +141,14 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain nested dict; a password written into ``mlflow.tracking_uri`` is masked, so nothing
+        built from this (config dumps, checkpoints, tracked params) can carry it. Credentials belong
+        in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD / MLFLOW_TRACKING_TOKEN."""
+        tree = dataclasses.asdict(self)
+        uri = tree["mlflow"]["tracking_uri"]
+        if uri:
+            tree["mlflow"]["tracking_uri"] = re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", uri)
+        return tree
 
     def flat(self) -> dict[str, Any]:
         """``{"training.lr": 1e-5, ...}`` for every key."""

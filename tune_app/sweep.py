@@ -147,6 +147,7 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
            sweep: Sweep | None = None):
     from ray import tune
 
+    from .tracking import sweep_callbacks
     from .trainable import tune_trainable
 
     keys = sweep_meta["parameters"]
@@ -155,7 +156,8 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
     run_config = tune.RunConfig(
         name=name, storage_path=storage, verbose=0,
         callbacks=[_progress_callback(keys, sweep_meta["total_steps"], sweep_meta["metric"],
-                                      f"{run_dir}/trial_events.jsonl" if _is_local(run_dir) else None)],
+                                      f"{run_dir}/trial_events.jsonl" if _is_local(run_dir) else None),
+                   *sweep_callbacks(base, name, run_dir)],
     )
     if sweep is None:
         return tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
@@ -167,9 +169,12 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
     return tune.Tuner(trainable, param_space=sweep.param_space(), tune_config=tune_config, run_config=run_config)
 
 
-def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False) -> dict[str, Any]:
-    """Run ``sweep`` to the end on the connected cluster; returns the summary it writes."""
-    run_dir = prepare_run_dir(sweep, overwrite)
+def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, run_dir: str | None = None) -> dict[str, Any]:
+    """Run ``sweep`` to the end on the connected cluster; returns the summary it writes.
+
+    ``run_dir`` is the directory :func:`prepare_run_dir` claimed (claimed here when not given).
+    """
+    run_dir = run_dir or prepare_run_dir(sweep, overwrite)
     _write_sweep_files(run_dir, sweep)
     concurrency = sweep.max_concurrent_trials or default_concurrency(sweep, conn)
     print(f"tune_app run: sweep '{sweep.name}' ({sweep.method}, {sweep.grid_size()} trial(s), up to {concurrency} at once, "
@@ -219,4 +224,12 @@ def finish(run_dir: str) -> dict[str, Any]:
         print(f"best: {best.name}  {run.metric} {best.metric_last:.5g}  -> {run_dir}/best_config.yaml, {run_dir}/best/")
     else:
         print("best: no trial reported the metric", file=sys.stderr)
+    from . import tracking
+
+    base = build_config(load_yaml(Path(run_dir) / "base_config.yaml"))
+    best_info = {"name": best.name, "metric": best.metric_last, "metric_name": run.metric} if best else None
+    tracking.finish_mlflow_parent(base, run.name, run_dir, best_info)
+    for hint in (tracking.sync_hint(run_dir) if base.wandb.enabled else None, tracking.mlflow_ui_hint(base, run_dir)):
+        if hint:
+            print(hint)
     return summary

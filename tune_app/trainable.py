@@ -98,6 +98,23 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, clu
     trial_id = tune.get_context().get_trial_id()
     fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TuneReportCallback()],
             keep_checkpoints=keep_checkpoints)
+    _drain_report_queue()
+
+
+def _drain_report_queue(timeout_s: float = 120.0) -> None:
+    """Return only once Tune has taken the last report off the Train -> Tune queue.
+
+    Ray 2.60 race: if the final report is still queued when this function returns, Tune's session
+    forwards it from its main thread after the training thread ended and blocks forever on a lock
+    only that thread would release (the trial never finishes). Waiting here keeps the normal path.
+    """
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    queue = session._get_or_create_inter_actor_queue() if session is not None else None
+    deadline = time.monotonic() + timeout_s
+    while queue is not None and not queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def tune_trainable(base: Config, trials_dir: str | Path, cluster_gpus: float):

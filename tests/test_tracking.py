@@ -1,0 +1,177 @@
+"""W&B (offline, real run files) and MLflow (a real `mlflow server` on 127.0.0.1) from sweeps and runs."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tune_app.config import load_config
+from tune_app.tracking import redact_uri
+
+from .conftest import REPO, TINY, run_cli
+from .wandb_log import summarize
+
+FAKE_KEY = "wandbkey-SECRET-7f3a9c1e5d"
+FAKE_PASSWORD = "mlflowpw-SECRET-42b7e0"
+SECRET_ENV = {"WANDB_API_KEY": FAKE_KEY, "MLFLOW_TRACKING_USERNAME": "robot", "MLFLOW_TRACKING_PASSWORD": FAKE_PASSWORD}
+SHORT = ["training.steps=10", "training.log_freq=5", "training.eval_freq=5", "training.save_freq=10",
+         "training.val_batches=2", "data.demo_episodes=12", "data.demo_episode_len=30"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (sqlite backend, local artifact store) on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.5)
+    yield url, root
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def _files_containing(root: Path, needle: str) -> list[Path]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            try:
+                if needle.encode() in path.read_bytes():
+                    hits.append(path)
+            except OSError:
+                continue
+    return hits
+
+
+def test_redact_uri_masks_a_password():
+    assert redact_uri("https://robot:s3cret@mlflow.example/") == "https://robot:***@mlflow.example/"
+    cfg = load_config(TINY, ["mlflow.tracking_uri=https://robot:s3cret@host:5000"])
+    assert "s3cret" not in json.dumps(cfg.to_dict())
+
+
+def test_unreachable_tracking_server_is_one_line_exit_2(tmp_path):
+    port = _free_port()
+    proc = run_cli("run", str(REPO / "search_spaces" / "lr_grid.yaml"), "--storage", str(tmp_path),
+                   "--override", "mlflow.enabled=true", "--override", f"mlflow.tracking_uri=http://127.0.0.1:{port}")
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach the MLflow server" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "lr_grid").exists()
+
+
+@pytest.fixture(scope="module")
+def tracked_sweep(mlflow_server, tmp_path_factory):
+    url, _ = mlflow_server
+    storage = tmp_path_factory.mktemp("tracked")
+    space = storage / "two.yaml"
+    space.write_text(f"""
+method: grid
+metric: {{name: val_loss, goal: minimize}}
+base_config: {TINY}
+parameters:
+  training.lr: {{values: [1.0e-4, 3.0e-4]}}
+ray: {{name: tracked}}
+""")
+    args = ["run", str(space), "--storage", str(storage), "--num-cpus", "2",
+            "--override", "wandb.enabled=true", "--override", "wandb.mode=offline", "--override", "wandb.tags=[ci,sweep]",
+            "--override", "mlflow.enabled=true", "--override", f"mlflow.tracking_uri={url}",
+            "--override", "mlflow.experiment_name=tracked-sweep"]
+    for o in SHORT:
+        args += ["--override", o]
+    proc = run_cli(*args, env=SECRET_ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return storage / "tracked", proc
+
+
+@pytest.mark.slow
+def test_mlflow_has_one_parent_and_nested_trial_runs(tracked_sweep, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    url, _ = mlflow_server
+    client = MlflowClient(tracking_uri=url)
+    exp = client.get_experiment_by_name("tracked-sweep")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tune_app.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(float(c.data.params["training.lr"]) for c in children) == [1e-4, 3e-4]
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert [m.step for m in history] == [0, 5, 10]
+        assert child.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "summary.json", "best_checkpoint"} <= artifacts
+    ckpt = {a.path for a in client.list_artifacts(parent.info.run_id, "best_checkpoint/pretrained_model")}
+    assert "best_checkpoint/pretrained_model/model.safetensors" in ckpt
+    assert parent.info.status == "FINISHED" or client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_per_trial_with_metric_history(tracked_sweep):
+    run_dir, proc = tracked_sweep
+    logs = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 2
+    for log in logs:
+        run = summarize(log)
+        assert run["group"] == "tracked" and run["config"]["training.lr"] in (1e-4, 3e-4)
+        steps = [row["step"] for row in run["history"] if "val_loss" in row]
+        assert steps == [0, 5, 10]
+        assert all("loss" in row for row in run["history"] if row.get("step", 0) > 0)
+    assert "wandb sync" in proc.stdout
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_any_file(tracked_sweep, mlflow_server):
+    run_dir, proc = tracked_sweep
+    _, mlflow_root = mlflow_server
+    for secret in (FAKE_KEY, FAKE_PASSWORD):
+        assert _files_containing(run_dir, secret) == []
+        assert _files_containing(mlflow_root, secret) == []
+        assert secret not in proc.stdout and secret not in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_worker_train_logs_one_run_per_tracker(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    url, _ = mlflow_server
+    out = tmp_path / "single"
+    proc = run_cli("train", "--config", str(TINY), "--num-cpus", "2", "--override", f"training.output_dir={out}",
+                   "--override", "ray.num_workers=2", "--override", "wandb.enabled=true", "--override", "wandb.mode=offline",
+                   "--override", "mlflow.enabled=true", "--override", f"mlflow.tracking_uri={url}",
+                   "--override", "mlflow.experiment_name=single-train", *sum((["--override", o] for o in SHORT), []),
+                   env=SECRET_ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=url)
+    runs = client.search_runs([client.get_experiment_by_name("single-train").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [0, 5, 10]
+    logs = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 1
+    assert [r["step"] for r in summarize(logs[0])["history"] if "val_loss" in r] == [0, 5, 10]
+    for secret in (FAKE_KEY, FAKE_PASSWORD):
+        assert _files_containing(out, secret) == []
