@@ -175,3 +175,39 @@ def test_two_worker_train_logs_one_run_per_tracker(mlflow_server, tmp_path):
     assert [r["step"] for r in summarize(logs[0])["history"] if "val_loss" in r] == [0, 5, 10]
     for secret in (FAKE_KEY, FAKE_PASSWORD):
         assert _files_containing(out, secret) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_open_wandb_runs_and_says_how_to_resume(tmp_path):
+    import signal
+
+    from .wandb_log import records
+
+    space = tmp_path / "two.yaml"
+    space.write_text(f"""
+method: grid
+metric: {{name: val_loss, goal: minimize}}
+base_config: {TINY}
+parameters:
+  training.lr: {{values: [1.0e-4, 3.0e-4]}}
+ray: {{name: interrupted}}
+""")
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "tune_app", "run", str(space), "--storage", str(tmp_path), "--num-cpus", "2",
+                             "--override", "wandb.enabled=true", "--override", "wandb.mode=offline",
+                             "--override", "training.steps=400", "--override", "training.log_freq=10"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(list(run_dir.glob("*/result.json"))) < 2 or not all(
+            '"step": 10' in p.read_text() for p in run_dir.glob("*/result.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "both trials should be reporting"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)                       # Ctrl-C reaches the driver
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 130, out[-2000:]
+    assert f"python -m tune_app resume {run_dir}" in out
+    logs = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 2
+    for log in logs:                                      # each open run was finished, not killed mid-write
+        assert any(r.WhichOneof("record_type") == "exit" for r in records(log))
+    os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None

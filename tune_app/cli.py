@@ -97,7 +97,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_sweep(sweep, conn, run_dir=run_dir)
     finally:
         cluster.shutdown()
-    return 0 if summary["best_trial"] else 1
+    return _sweep_exit_code(summary)
+
+
+def _sweep_exit_code(summary: dict) -> int:
+    """0 done, 130 interrupted (resume it), 1 no trial produced the metric."""
+    if summary.get("complete") is False:
+        return 130
+    return 0 if summary.get("best_trial") else 1
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -114,7 +121,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         summary = resume_sweep(args.run_dir, conn)
     finally:
         cluster.shutdown()
-    return 0 if summary["best_trial"] else 1
+    return _sweep_exit_code(summary)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -220,6 +220,11 @@ def finish(run_dir: str) -> dict[str, Any]:
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(best.checkpoint, dest)
     print(render_table(run), flush=True)
+    unfinished = [t for t in run.trials if t.state not in ("TERMINATED", "ERROR")]
+    summary["complete"] = not unfinished
+    if unfinished:
+        print(f"sweep interrupted with {len(unfinished)} unfinished trial(s); continue it with: "
+              f"python -m tune_app resume {run_dir}")
     if best is not None:
         print(f"best: {best.name}  {run.metric} {best.metric_last:.5g}  -> {run_dir}/best_config.yaml, {run_dir}/best/")
     else:

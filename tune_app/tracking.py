@@ -104,15 +104,35 @@ def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str) -> list:
     """The Tune logger callbacks the config asks for (none when both trackers are off)."""
     callbacks: list = []
     if cfg.wandb.enabled and wandb_mode(cfg) != "disabled":
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
         kwargs = {"entity": cfg.wandb.entity} if cfg.wandb.entity else {}
-        callbacks.append(WandbLoggerCallback(
+        callbacks.append(_wandb_callback_class()(
             project=cfg.wandb.project, group=sweep_name, tags=list(cfg.wandb.tags), mode=wandb_mode(cfg),
             excludes=sorted(NOT_METRICS), upload_timeout=30, **kwargs))
     if cfg.mlflow.enabled:
         callbacks.append(make_sweep_mlflow_callback(cfg, sweep_name, run_dir))
     return callbacks
+
+
+def _wandb_callback_class():
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class PromptWandbLoggerCallback(WandbLoggerCallback):
+        """Ends promptly when a sweep is interrupted.
+
+        Ray's callback waits up to ``upload_timeout`` for every trial's logging actor at the end of
+        an experiment, but the actors of trials still running (Ctrl-C) are never told to finish, so
+        it always waits the whole timeout and then kills them mid-write. Tell them first.
+        """
+
+        def on_experiment_end(self, trials, **info):
+            for trial in list(self._trial_queues):
+                try:
+                    self._signal_logging_actor_stop(trial)
+                except Exception:  # noqa: BLE001 - an actor already gone needs no signal
+                    pass
+            super().on_experiment_end(trials, **info)
+
+    return PromptWandbLoggerCallback
 
 
 def make_sweep_mlflow_callback(cfg: Config, sweep_name: str, run_dir: str):
