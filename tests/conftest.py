@@ -21,6 +21,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           capture_output=True, text=True, timeout=timeout)
 
 
+def grid_space(folder: Path, name: str, lrs: list[float], extra: str = "") -> Path:
+    """A grid sweep file over ``training.lr`` on the tiny config, minimising val_loss."""
+    path = folder / f"{name}.yaml"
+    path.write_text("method: grid\nmetric: {name: val_loss, goal: minimize}\n"
+                    f"base_config: {TINY}\nparameters:\n  training.lr: {{values: {list(lrs)}}}\n{extra}\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """One embedded local Ray (2 CPUs, dashboard on) for every test in a module."""

@@ -14,7 +14,7 @@ from tune_app.results import load_run, render_table
 from tune_app.search_space import load_sweep
 from tune_app.sweep import run_sweep
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, grid_space, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -68,16 +68,8 @@ def test_status_after_a_sweep(grid_run):
 
 
 def test_asha_stops_a_weak_trial_early(ray_local, tmp_path):
-    space = tmp_path / "asha.yaml"
-    space.write_text(f"""
-method: grid
-metric: {{name: val_loss, goal: minimize}}
-base_config: {REPO / 'configs' / 'act_tiny.yaml'}
-parameters:
-  training.lr: {{values: [3.0e-4, 1.0e-3, 1.0e-8, 1.0e-9]}}
-early_terminate: {{type: hyperband, min_iter: 10, eta: 2, max_iter: 30}}
-ray: {{max_concurrent_trials: 1}}
-""")
+    space = grid_space(tmp_path, "asha", [3.0e-4, 1.0e-3, 1.0e-8, 1.0e-9],
+                       "early_terminate: {type: hyperband, min_iter: 10, eta: 2, max_iter: 30}\nray: {max_concurrent_trials: 1}")
     overrides = ["training.steps=30", "training.log_freq=10", "training.eval_freq=10", "training.save_freq=10",
                  "training.val_batches=2", "data.demo_episodes=12", "data.demo_episode_len=30"]
     summary = run_sweep(load_sweep(space, overrides=overrides, storage_path=str(tmp_path)), ray_local)
@@ -94,15 +86,7 @@ def _events(run_dir):
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
-    space = tmp_path / "two.yaml"
-    space.write_text(f"""
-method: grid
-metric: {{name: val_loss, goal: minimize}}
-base_config: {REPO / 'configs' / 'act_tiny.yaml'}
-parameters:
-  training.lr: {{values: [1.0e-4, 5.0e-5]}}
-ray: {{max_concurrent_trials: 1, name: two}}
-""")
+    space = grid_space(tmp_path, "two", [1.0e-4, 5.0e-5], "ray: {max_concurrent_trials: 1, name: two}")
     args = ["run", str(space), "--storage", str(tmp_path), "--num-cpus", "2",
             "--override", "training.steps=80", "--override", "training.save_freq=10", "--override", "training.log_freq=10",
             "--override", "training.eval_freq=40", "--override", "training.val_batches=2"]

@@ -14,7 +14,7 @@ import pytest
 from tune_app.config import load_config
 from tune_app.tracking import redact_uri
 
-from .conftest import REPO, TINY, run_cli
+from .conftest import REPO, TINY, grid_space, run_cli
 from .wandb_log import summarize
 
 FAKE_KEY = "wandbkey-SECRET-7f3a9c1e5d"
@@ -85,15 +85,7 @@ def test_unreachable_tracking_server_is_one_line_exit_2(tmp_path):
 def tracked_sweep(mlflow_server, tmp_path_factory):
     url, _ = mlflow_server
     storage = tmp_path_factory.mktemp("tracked")
-    space = storage / "two.yaml"
-    space.write_text(f"""
-method: grid
-metric: {{name: val_loss, goal: minimize}}
-base_config: {TINY}
-parameters:
-  training.lr: {{values: [1.0e-4, 3.0e-4]}}
-ray: {{name: tracked}}
-""")
+    space = grid_space(storage, "two", [1.0e-4, 3.0e-4], "ray: {name: tracked}")
     args = ["run", str(space), "--storage", str(storage), "--num-cpus", "2",
             "--override", "wandb.enabled=true", "--override", "wandb.mode=offline", "--override", "wandb.tags=[ci,sweep]",
             "--override", "mlflow.enabled=true", "--override", f"mlflow.tracking_uri={url}",
@@ -183,15 +175,7 @@ def test_ctrl_c_finishes_open_wandb_runs_and_says_how_to_resume(tmp_path):
 
     from .wandb_log import records
 
-    space = tmp_path / "two.yaml"
-    space.write_text(f"""
-method: grid
-metric: {{name: val_loss, goal: minimize}}
-base_config: {TINY}
-parameters:
-  training.lr: {{values: [1.0e-4, 3.0e-4]}}
-ray: {{name: interrupted}}
-""")
+    space = grid_space(tmp_path, "two", [1.0e-4, 3.0e-4], "ray: {name: interrupted}")
     run_dir = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "tune_app", "run", str(space), "--storage", str(tmp_path), "--num-cpus", "2",
                              "--override", "wandb.enabled=true", "--override", "wandb.mode=offline",
