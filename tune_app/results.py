@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .search_space import trial_name
 
 
 @dataclass
@@ -146,8 +147,6 @@ def load_run(run_dir: str | Path) -> Run:
         history = _read_jsonl(trial_dir / "result.json") if trial_dir else []
         if not history and local:
             history = [local]
-        from .search_space import trial_name
-
         trials.append(TrialRecord(trial_id=trial_id, name=trial_name(params, meta["parameters"]), params=params,
                                   state=str(entry.get("status", "PENDING")), history=history,
                                   checkpoint=_latest_checkpoint(path, trial_id), total_steps=meta.get("total_steps")))

@@ -118,14 +118,16 @@ def prepare_run_dir(sweep: Sweep, overwrite: bool) -> str:
     return run_dir
 
 
-def _write_sweep_files(run_dir: str, sweep: Sweep) -> None:
+def _write_sweep_files(run_dir: str, sweep: Sweep) -> dict[str, Any]:
+    """Write sweep.json and base_config.yaml (what resume/status need); returns the sweep.json content."""
+    import yaml
+
     meta = {"name": sweep.name, "source": str(sweep.source.resolve()), "method": sweep.method,
             "metric": sweep.metric, "mode": sweep.mode, "parameters": list(sweep.parameters),
             "total_steps": sweep.base.training.steps, "raw": sweep.raw}
-    _put_files(run_dir, {SWEEP_FILE: json.dumps(meta, indent=2, default=str)})
-    local = Path(run_dir)
-    if _is_local(run_dir):
-        save_config(sweep.base, local / "base_config.yaml")
+    _put_files(run_dir, {SWEEP_FILE: json.dumps(meta, indent=2, default=str),
+                         "base_config.yaml": yaml.safe_dump(sweep.base.to_dict(), sort_keys=False)})
+    return meta
 
 
 def _put_files(run_dir: str, files: dict[str, str]) -> None:
@@ -175,12 +177,10 @@ def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, run_dir: 
     ``run_dir`` is the directory :func:`prepare_run_dir` claimed (claimed here when not given).
     """
     run_dir = run_dir or prepare_run_dir(sweep, overwrite)
-    _write_sweep_files(run_dir, sweep)
+    meta = _write_sweep_files(run_dir, sweep)
     concurrency = sweep.max_concurrent_trials or default_concurrency(sweep, conn)
     print(f"tune_app run: sweep '{sweep.name}' ({sweep.method}, {sweep.grid_size()} trial(s), up to {concurrency} at once, "
           f"{sweep.base.ray.num_workers} DDP worker(s) each) -> {run_dir}", flush=True)
-    meta = json.loads(Path(run_dir, SWEEP_FILE).read_text()) if _is_local(run_dir) else {
-        "parameters": list(sweep.parameters), "total_steps": sweep.base.training.steps, "metric": sweep.metric}
     tuner = _tuner(meta, sweep.base, run_dir, conn, concurrency, sweep)
     tuner.fit()
     return finish(run_dir)
