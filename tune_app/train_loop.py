@@ -268,7 +268,8 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
         metrics = {"step": 0, "epoch": 0, "lr": optimizer.param_groups[0]["lr"], **last_val}
         session.report(metrics, None, 0)
 
-    window = [0.0, 0.0, 0.0, 0]  # loss, l1, kl sums over steps; steps
+    # Loss sums stay on the device between reports: a .item() per step would sync the GPU every step.
+    window, window_steps = torch.zeros(3, dtype=torch.float64, device=device), 0
     window_start = run_start = time.perf_counter()
     batches = iter(stream)
     first_step_at, step_time = None, 0.0
@@ -287,15 +288,16 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(ddp.parameters(), t.grad_clip_norm)
         optimizer.step()
         scheduler.step()
-        window = [window[0] + loss.item(), window[1] + l1.item(), window[2] + kl.item(), window[3] + 1]
+        window += torch.stack([loss.detach(), l1.detach(), kl.detach()]).double()
+        window_steps += 1
         step_time += time.perf_counter() - step_start
 
         evaluate, save = _due(step, t.eval_freq, t.steps), _due(step, t.save_freq, t.steps)
         if not (evaluate or save or _due(step, t.log_freq, t.steps)):
             continue
         elapsed = time.perf_counter() - window_start
-        sums = all_reduce_sum(window[:3], device, world)
-        n = window[3] * world
+        sums = all_reduce_sum(window.tolist(), device, world)
+        n = window_steps * world
         if evaluate or save:
             average_buffers(model, world)
         if evaluate and len(val_ds):
@@ -313,7 +315,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
         _report(session, metrics, step, save, model, optimizer, scheduler, stream, prepared, cfg)
         if progress and rank == 0:
             print(progress_line(metrics, t.steps, time.perf_counter() - run_start, start_step), flush=True)
-        window, window_start = [0.0, 0.0, 0.0, 0], time.perf_counter()
+        window, window_steps, window_start = torch.zeros_like(window), 0, time.perf_counter()
     return metrics
 
 
