@@ -90,3 +90,23 @@ def test_train_restarted_after_kill_continues_from_its_checkpoint(tmp_path):
     after = _records(out / "metrics.jsonl")[len(before):]
     assert after[0]["step"] == saved + 25 and after[-1]["step"] == 200
     assert "final checkpoint:" in resumed.stdout and "checkpoint_000200" in resumed.stdout
+
+
+def test_ddp_trains_on_ros_bags_from_the_shared_cache(ray_local, tmp_path):
+    """Demo bags -> the cache (prepared once, as `run`/`train` do before Ray) -> 2 DDP ranks map it."""
+    from tune_app.data.bagwriter import write_demo_bags
+    from tune_app.data.demo import make_demo
+    from tune_app.data.sources import prepare_cache
+
+    write_demo_bags(tmp_path / "bags", load_config(TINY), make_demo(8, 30, (48, 64)), storage="mcap")
+    out = tmp_path / "run"
+    cfg = load_config(TINY, [f"data.bag_dir={tmp_path / 'bags'}", f"data.cache_dir={tmp_path / 'cache'}",
+                             f"training.output_dir={out}", "training.steps=10", "training.save_freq=10", "ray.num_workers=2"])
+    _, built, folder = prepare_cache(cfg)
+    created = json.loads((folder / "meta.json").read_text())["created"]
+    result = fit_run(cfg, out.parent, out.name, ray_local.num_gpus)
+    assert built and result.error is None
+    assert json.loads((folder / "meta.json").read_text())["created"] == created          # ranks mapped, none rebuilt
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [folder.name]
+    split = json.loads((out / "checkpoint_000010" / "pretrained_model" / "data_split.json").read_text())
+    assert split["source"].startswith("ROS 2 bags") and split["episodes"] == 8 and len(split["val_episodes"]) == 1

@@ -33,11 +33,11 @@ def _find_user_error(exc: BaseException | None) -> UserError | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import cluster, schedule, tracking
     from .config import load_config, save_config
-    from .data import check_source, describe_source
+    from .data import describe_source, ensure_data
     from .trainable import MetricsFileCallback, fit_run
 
     cfg = load_config(args.config, args.override)
-    check_source(cfg)
+    ensure_data(cfg)
     out = Path(cfg.training.output_dir)
     previous = out.is_dir() and any(out.glob("checkpoint_*"))
     if previous and args.overwrite:
@@ -81,15 +81,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import cluster, tracking
-    from .data import check_source
+    from .data import ensure_data
     from .search_space import load_sweep
     from .sweep import prepare_run_dir, run_sweep
 
     sweep = load_sweep(args.space, overrides=args.override, name=args.name, storage_path=args.storage,
                        max_concurrent=args.max_concurrent)
-    check_source(sweep.base)
     if sweep.base.mlflow.enabled:
         tracking.check_mlflow(tracking.mlflow_uri(sweep.base, "."))
+    ensure_data(sweep.base)
     run_dir = prepare_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
     tracking.prepare_environment(sweep.base, run_dir)
     conn = cluster.connect(args.address, num_cpus=args.num_cpus or sweep.base.ray.num_cpus)
@@ -137,6 +137,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data import ensure_data
+
+    cfg = load_config(args.config, args.override)
+    if not (cfg.data.bag_dir or cfg.data.lerobot_root):
+        raise UserError("data prepare: the config names no data source; set data.bag_dir or data.lerobot_root "
+                        "(the built-in demo data needs no preparation)")
+    ensure_data(cfg)
+    return 0
+
+
+def cmd_data_demo(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.demo import make_demo
+
+    # Without a config: default topics and joints (the original trainer's) at act_tiny's image size.
+    defaults = ["conventions.image_resize=[48, 64]", "data.camera_topic=/camera/camera/color/image_raw"]
+    cfg = load_config(args.config, args.override if args.config else [*defaults, *args.override])
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"data demo: {out} is not empty; choose a new folder")
+    h, w = cfg.conventions.image_resize
+    eps = make_demo(args.episodes or cfg.data.demo_episodes, cfg.data.demo_episode_len, (h, w),
+                    state_dim=len(cfg.data.joint_names), num_cameras=len(cfg.data.camera_topics or [cfg.data.camera_topic]))
+    if args.format == "lerobot":
+        from .data.lerobot import write_lerobot_dataset
+
+        write_lerobot_dataset(out, eps, cfg.data.fps)
+        print(f"wrote a LeRobot v3 dataset ({eps.num_episodes} episodes, {eps.num_frames} frames) to {out}; "
+              f"train on it with --override data.lerobot_root={out}")
+        return 0
+    from .data.bagwriter import write_demo_bags
+
+    paths = write_demo_bags(out, cfg, eps, storage=args.storage, encoding=args.encoding)
+    print(f"wrote {len(paths)} ROS 2 bags ({args.storage}, {args.encoding}; topics {cfg.data.joint_topic}, "
+          f"{', '.join(cfg.data.camera_topics or [cfg.data.camera_topic])}) to {out}; train on them with --override data.bag_dir={out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tune_app", description="Hyperparameter search for ACT policies on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +211,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    data = sub.add_parser("data", help="prepare a data source, or write the demo data as bags").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("prepare", help="decode a config's bags/LeRobot dataset into this node's cache")
+    p.add_argument("config", help="training config YAML naming data.bag_dir or data.lerobot_root")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="set a config key (repeatable)")
+    p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser("demo", help="write the built-in demo episodes as ROS 2 bags (or a LeRobot dataset)")
+    p.add_argument("out_dir", help="new folder for the recordings")
+    p.add_argument("--config", default=None, help="config whose topics, joints, fps and image size to use "
+                   "(default: as configs/act_tiny.yaml: the original joint topic and names, "
+                   "/camera/camera/color/image_raw, images 48x64)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="set a config key (repeatable)")
+    p.add_argument("--episodes", type=int, help="number of episodes (default: data.demo_episodes)")
+    p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
+    p.add_argument("--encoding", choices=["rgb8", "bgr8", "mono8", "16UC1", "32FC1", "png", "jpeg"], default="rgb8",
+                   help="camera message encoding (png/jpeg: sensor_msgs/CompressedImage)")
+    p.add_argument("--format", choices=["rosbag", "lerobot"], default="rosbag")
+    p.set_defaults(func=cmd_data_demo)
     return parser
 
 

@@ -331,7 +331,7 @@ def _report(session, metrics, step, save, model, optimizer, scheduler, stream, p
         session.report(metrics, None, step)
         return
     with tempfile.TemporaryDirectory(prefix="tune_app_ckpt_") as tmp:
-        save_pretrained(tmp, model, cfg, prepared.stats, prepared.episodes.num_cameras)
+        save_pretrained(tmp, model, cfg, prepared.stats, prepared.episodes.num_cameras, data_info=prepared.split_info(cfg))
         save_training_state(tmp, {"step": step, "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "epoch": stream.epoch,
                                   "batch": stream.batch, "rng": rngs, "world_size": session.world_size})

@@ -15,7 +15,7 @@ from .dataset import ChunkDataset, NormStats, compute_stats
 from .demo import make_demo
 from .episodes import EpisodeSet, split_episodes
 
-__all__ = ["ChunkDataset", "EpisodeSet", "NormStats", "Prepared", "load_episode_set", "prepare", "describe_source"]
+__all__ = ["ChunkDataset", "EpisodeSet", "NormStats", "Prepared", "describe_source", "ensure_data", "load_episode_set", "prepare"]
 
 
 def describe_source(cfg: Config) -> str:
@@ -44,12 +44,39 @@ def load_episode_set(cfg: Config) -> EpisodeSet:
     return make_demo(cfg.data.demo_episodes, cfg.data.demo_episode_len, (h, w), state_dim=cfg.model.state_dim)
 
 
+def ensure_data(cfg: Config, log=print) -> None:
+    """Before any Ray work: fail on a bad source, and decode a bag/LeRobot source into this node's
+    cache once (with a progress bar), so trials start by mapping it instead of decoding it."""
+    check_source(cfg)
+    if cfg.data.bag_dir or cfg.data.lerobot_root:
+        from .sources import prepare_cache
+
+        eps, built, folder = prepare_cache(cfg)
+        check_dims(eps, cfg)
+        log(f"data: {eps.source}: {eps.num_episodes} episodes, {eps.num_frames} frames "
+            f"({'decoded into' if built else 'cached in'} {folder})")
+
+
+def check_dims(eps: EpisodeSet, cfg: Config) -> None:
+    if eps.states.shape[1] != cfg.model.state_dim or eps.actions.shape[1] != cfg.model.action_dim:
+        raise UserError(f"{eps.source}: data has state dim {eps.states.shape[1]} and action dim {eps.actions.shape[1]} "
+                        f"but model.state_dim/action_dim are {cfg.model.state_dim}/{cfg.model.action_dim}; set them to match")
+
+
 @dataclass
 class Prepared:
     episodes: EpisodeSet
     train_ids: list[int]
     val_ids: list[int]
     stats: NormStats
+
+    def split_info(self, cfg: Config) -> dict:
+        """Which episodes trained and which validated (written beside every checkpoint)."""
+        lengths = self.episodes.episode_lengths()
+        return {"source": self.episodes.source, "episodes": self.episodes.num_episodes, "frames": self.episodes.num_frames,
+                "val_fraction": cfg.data.val_fraction, "seed": cfg.training.seed,
+                "train_episodes": self.train_ids, "val_episodes": self.val_ids,
+                "train_frames": int(lengths[self.train_ids].sum()), "val_frames": int(lengths[self.val_ids].sum())}
 
     def datasets(self, chunk_size: int) -> tuple[ChunkDataset, ChunkDataset]:
         return (ChunkDataset(self.episodes, self.train_ids, chunk_size, self.stats),
@@ -59,8 +86,6 @@ class Prepared:
 def prepare(cfg: Config) -> Prepared:
     """Load the episodes, split them by episode (seeded by ``training.seed``), compute train stats."""
     eps = load_episode_set(cfg)
-    if eps.states.shape[1] != cfg.model.state_dim or eps.actions.shape[1] != cfg.model.action_dim:
-        raise UserError(f"{eps.source}: data has state dim {eps.states.shape[1]} and action dim {eps.actions.shape[1]} "
-                        f"but model.state_dim/action_dim are {cfg.model.state_dim}/{cfg.model.action_dim}")
+    check_dims(eps, cfg)
     train_ids, val_ids = split_episodes(eps.num_episodes, cfg.data.val_fraction, cfg.training.seed)
     return Prepared(eps, train_ids, val_ids, compute_stats(eps, train_ids))

@@ -49,20 +49,22 @@ def _frame_indices(eps: EpisodeSet, episode_ids: list[int]) -> np.ndarray:
     return np.concatenate([np.arange(eps.episode_starts[e], eps.episode_ends[e]) for e in episode_ids])
 
 
-def compute_stats(eps: EpisodeSet, episode_ids: list[int], block: int = 256) -> NormStats:
-    """Per-dimension mean/std of states and actions and per-channel image mean/std over the episodes."""
+def compute_stats(eps: EpisodeSet, episode_ids: list[int]) -> NormStats:
+    """Per-dimension mean/std of states and actions and per-channel image mean/std over the episodes.
+
+    Image moments come from the cache's per-episode sums when the set has them, else from one
+    streaming pass over the frames."""
     idx = _frame_indices(eps, episode_ids)
     states, actions = eps.states[idx], eps.actions[idx]
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    count = 0
-    for lo in range(0, len(idx), block):
-        px = eps.images[idx[lo:lo + block]].reshape(-1, 3).astype(np.float64) / 255.0
-        total += px.sum(0)
-        total_sq += (px * px).sum(0)
-        count += len(px)
-    img_mean = total / max(count, 1)
-    img_std = np.sqrt(np.maximum(total_sq / max(count, 1) - img_mean**2, 0.0))
+    if eps.image_moments is not None:
+        count, total, total_sq = eps.image_moments[episode_ids].sum(0) if episode_ids else np.zeros((3, 3))
+    else:
+        from .cache import image_moments
+
+        starts, ends = eps.episode_starts[episode_ids], eps.episode_ends[episode_ids]
+        count, total, total_sq = image_moments(eps.images, starts, ends).sum(0) if episode_ids else np.zeros((3, 3))
+    img_mean = total / np.maximum(count, 1)
+    img_std = np.sqrt(np.maximum(total_sq / np.maximum(count, 1) - img_mean**2, 0.0))
     return NormStats(
         state_mean=states.mean(0), state_std=np.maximum(states.std(0), STD_FLOOR),
         action_mean=actions.mean(0), action_std=np.maximum(actions.std(0), STD_FLOOR),
@@ -98,7 +100,7 @@ class ChunkDataset(Dataset):
         action[:n] = (torch.from_numpy(np.asarray(self.eps.actions[t:stop])) - self.action_mean) / self.action_std
         is_pad = torch.ones(self.chunk_size, dtype=torch.bool)
         is_pad[:n] = False
-        image = torch.from_numpy(np.ascontiguousarray(self.eps.images[t])).permute(0, 3, 1, 2).float() / 255.0
+        image = torch.from_numpy(np.array(self.eps.images[t])).permute(0, 3, 1, 2).float() / 255.0
         return {
             "state": (torch.from_numpy(np.asarray(self.eps.states[t])) - self.state_mean) / self.state_std,
             "image": (image - self.image_mean) / self.image_std,

@@ -20,6 +20,7 @@ class EpisodeSet:
     episode_starts: np.ndarray  # (E,) int64, first frame of each episode
     episode_ends: np.ndarray    # (E,) int64, one past the last frame
     source: str                 # a human-readable description ("demo: 48 episodes", a path, ...)
+    image_moments: np.ndarray | None = None  # (E, 3, 3) per episode/channel [count, sum, sum sq] (see data.cache)
 
     def __post_init__(self):
         n = len(self.states)

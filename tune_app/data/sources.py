@@ -1,17 +1,40 @@
-"""External data sources (ROS 2 bags, LeRobot datasets).
+"""External data sources (ROS 2 bags, LeRobot datasets), prepared through the per-node cache.
 
-Reading them is tracked as its own piece of work (issue #6). Until it lands, a config that names
-one fails with one clear line instead of silently training on something else.
+``load_external(cfg)`` is what training calls: it returns the memory-mapped episodes, decoding
+them first only when no other process on this node has (see :mod:`.cache`).
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from ..config import Config
-from ..errors import UserError
+from .cache import default_root, load_or_build
 from .episodes import EpisodeSet
 
 
+def source_for(cfg: Config):
+    if cfg.data.bag_dir:
+        from .rosbag import BagSource
+
+        return BagSource(cfg)
+    from .lerobot import LeRobotSource
+
+    return LeRobotSource(cfg)
+
+
+def cache_root(cfg: Config) -> Path:
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_root()
+
+
+def prepare_cache(cfg: Config, log=lambda m: print(m, file=sys.stderr, flush=True)) -> tuple[EpisodeSet, bool, Path]:
+    """Decode the configured source into the cache unless it is there: ``(episodes, built, folder)``."""
+    source = source_for(cfg)
+    key = source.key()
+    eps, built = load_or_build(cache_root(cfg), key, source.build, log=log)
+    return eps, built, cache_root(cfg) / key
+
+
 def load_external(cfg: Config) -> EpisodeSet:
-    key = "data.bag_dir" if cfg.data.bag_dir else "data.lerobot_root"
-    raise UserError(f"{key}: reading this data source is not supported by this tune_app version yet; "
-                    "remove the key to train on the built-in demo data")
+    return prepare_cache(cfg)[0]

@@ -8,6 +8,7 @@ A checkpoint directory holds::
       policy_preprocessor.json       + policy_preprocessor_step_3_normalizer_processor.safetensors
       policy_postprocessor.json      + policy_postprocessor_step_0_unnormalizer_processor.safetensors
       train_config.json              the resolved tune_app config
+      data_split.json                the data source and which episodes trained / validated
     training_state/                  (training checkpoints only; what a restarted run resumes from)
       state.pt                       optimizer, scheduler, sampler position, RNG state of every rank
       training_step.json             {"step": N}
@@ -65,8 +66,10 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def save_pretrained(directory: str | Path, model: torch.nn.Module, cfg: Config, stats: NormStats,
-                    num_cameras: int = 1) -> Path:
-    """Write ``directory/pretrained_model/`` for ``model`` (unwrapped, not DDP) and return its path."""
+                    num_cameras: int = 1, data_info: dict | None = None) -> Path:
+    """Write ``directory/pretrained_model/`` for ``model`` (unwrapped, not DDP) and return its path.
+
+    ``data_info`` (the data source and its train/val episode split) is written as ``data_split.json``."""
     out = Path(directory) / PRETRAINED
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -86,6 +89,8 @@ def save_pretrained(directory: str | Path, model: torch.nn.Module, cfg: Config, 
         "state_file": POST_STATS}]})
     save_file({k: v for k, v in named.items() if k.startswith("action.")}, str(out / POST_STATS))
     _write_json(out / "train_config.json", cfg.to_dict())
+    if data_info is not None:
+        _write_json(out / "data_split.json", data_info)
     return out
 
 
