@@ -97,6 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_sweep(sweep, conn, run_dir=run_dir)
     finally:
         cluster.shutdown()
+    if args.eval_best and summary.get("best_trial") and (Path(run_dir) / "best").is_dir():
+        from .evaluate import run_eval
+
+        run_eval(str(Path(run_dir) / "best"), None, [], args.eval_device, str(Path(run_dir) / "best_eval.csv"))
     return _sweep_exit_code(summary)
 
 
@@ -134,6 +138,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(run.summary(), indent=2, default=str))
     else:
         print(render_table(run))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    run_eval(args.checkpoint, args.data, args.override, args.device, args.output)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.run_dir, args.output)
+    print(f"report: {out}")
     return 0
 
 
@@ -199,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a key of every trial's base config (repeatable)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+    p.add_argument("--eval-best", action="store_true", help="evaluate the best checkpoint at the end (RUN_DIR/best_eval.csv/.json)")
+    p.add_argument("--eval-device", default="cpu", help="device for --eval-best (default: cpu)")
     _add_connection_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -211,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("eval", help="evaluate an exported checkpoint on validation episodes (MAE per joint, L1, latency)")
+    p.add_argument("checkpoint", help="a checkpoint directory (or its pretrained_model/), e.g. runs/lr_grid/best")
+    p.add_argument("--data", help="config whose data section to evaluate on (default: the data the policy trained on)")
+    p.add_argument("--override", action="append", default=[], metavar="data.KEY=VALUE", help="set a data key (repeatable)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (latency is measured there)")
+    p.add_argument("-o", "--output", help="per-frame values, .csv or .parquet (default: CHECKPOINT/../eval/eval.csv)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a sweep (plots, table, best trial)")
+    p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
+    p.add_argument("-o", "--output", help="HTML file (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
 
     data = sub.add_parser("data", help="prepare a data source, or write the demo data as bags").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="decode a config's bags/LeRobot dataset into this node's cache")

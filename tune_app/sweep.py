@@ -6,7 +6,7 @@ Run directory (``<storage>/<name>/``, ``runs/<name>/`` by default)::
     trials/train-<trial_id>/checkpoint_000100/          each trial's Train run and checkpoints
     sweep.json                                          what resume and status need
     base_config.yaml                                    the resolved base training config
-    best_config.yaml, best/, summary.json               written when the sweep ends
+    best_config.yaml, best/, summary.json, report.html  written when the sweep ends
 """
 
 from __future__ import annotations
@@ -220,6 +220,9 @@ def finish(run_dir: str) -> dict[str, Any]:
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(best.checkpoint, dest)
     print(render_table(run), flush=True)
+    from .report import write_report
+
+    print(f"report: {write_report(run_dir)}")
     unfinished = [t for t in run.trials if t.state not in ("TERMINATED", "ERROR")]
     summary["complete"] = not unfinished
     if unfinished:

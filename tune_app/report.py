@@ -1,0 +1,57 @@
+"""``python -m tune_app report RUN_DIR``: one self-contained HTML file with a sweep's pictures.
+
+Everything comes from :mod:`.results` (what Tune wrote; no training code, no cluster), so it works
+on a finished sweep, one still running and one with failed trials. The page embeds the data as
+JSON and draws the plots as SVG with a few lines of inline JavaScript: no network fetches, it opens
+offline from a file. Shown: the sortable trials table, training/validation loss and learning-rate
+curves per trial on shared axes, a parallel-coordinates plot of parameters against the metric, the
+metric against each parameter, early-stopped (dashed, amber) and failed (red) trials, and the best
+trial with its config and checkpoint.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+from .results import load_run
+
+CURVE_KEYS = ("step", "loss", "val_loss", "lr", "lr_backbone", "l1_loss", "kl_loss")
+
+
+def report_data(run_dir: str | Path) -> dict:
+    """The JSON the page draws from: summary rows plus each trial's curves."""
+    run = load_run(run_dir)
+    summary = run.summary()
+    by_id = {t.trial_id: t for t in run.trials}
+    for row in summary["trials"]:
+        row["history"] = [{k: r[k] for k in CURVE_KEYS if k in r} for r in by_id[row["trial_id"]].history]
+    best_config = Path(run.path) / "best_config.yaml"
+    summary.update(parameters=run.parameters, best_config=best_config.read_text() if best_config.is_file() else None,
+                   in_progress=any(t.state in ("RUNNING", "PENDING") for t in run.trials),
+                   generated=time.strftime("%Y-%m-%d %H:%M:%S"))
+    return summary
+
+
+def render_html(data: dict) -> str:
+    template = resources.files("tune_app").joinpath("report_template.html").read_text()
+    payload = json.dumps(data, default=str).replace("</", "<\\/")       # safe inside <script>
+    return template.replace("__TITLE__", html.escape(str(data["name"]))).replace("__DATA__", payload)
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    out = Path(output) if output else Path(run_dir) / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(render_html(report_data(run_dir)))
+    tmp.replace(out)
+    return out
+
+
+def extract_data(html_text: str) -> dict:
+    """The embedded data of a written report (for tests and tools)."""
+    start = html_text.index('<script type="application/json" id="sweep-data">') + len('<script type="application/json" id="sweep-data">')
+    return json.loads(html_text[start:html_text.index("</script>", start)].replace("<\\/", "</"))
