@@ -37,3 +37,23 @@ def ray_local():
     conn = cluster.connect(num_cpus=2, log_to_driver=False)
     yield conn
     cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium (Debian's package), installed with apt-get when absent; skipped only if that fails."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        proc = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            proc = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True, text=True, timeout=900)
+        if path := shutil.which("chromium"):
+            return path
+        pytest.skip(f"chromium could not be installed: {proc.stderr.strip()[-300:]}")
+    pytest.skip("chromium is not installed and apt-get is not usable here (needs root)")
