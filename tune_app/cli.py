@@ -7,6 +7,7 @@ line, and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,9 +15,54 @@ from pathlib import Path
 from .errors import UserError
 
 
-def _add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+def _add_connection_args(p: argparse.ArgumentParser, dashboard: bool = False) -> None:
+    p.add_argument("--address", help="Ray cluster to join, e.g. auto or HOST:6379 (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: ray.num_cpus, else all)")
+    p.add_argument("--wait-nodes", type=int, metavar="N", help="wait until N Ray nodes are alive before starting")
+    p.add_argument("--wait-timeout", type=float, default=600.0, metavar="S", help="give up waiting for nodes after S seconds (default 600)")
+    if dashboard:
+        p.add_argument("--dashboard", action="store_true",
+                       help="serve the embedded cluster's dashboard on --dashboard-host:--dashboard-port, print its URL, "
+                            "and keep it up after the sweep until Ctrl-C")
+        p.add_argument("--dashboard-host", default="127.0.0.1", help="interface for --dashboard (default 127.0.0.1; "
+                       "0.0.0.0 exposes it to the network)")
+        p.add_argument("--dashboard-port", type=int, default=8265, help="port for --dashboard (default 8265)")
+
+
+def _connect(args: argparse.Namespace, num_cpus: int | None, storage: str | None = None):
+    """Join or start Ray as the arguments say, wait for nodes, check the storage is shared by all of them."""
+    from . import cluster
+
+    kwargs = {}
+    if getattr(args, "dashboard", False):
+        if args.address or os.environ.get("RAY_ADDRESS"):
+            raise UserError("--dashboard is for the embedded local Ray; a cluster you join serves its own dashboard "
+                            "(port-forward its port 8265)")
+        if not cluster.port_free(args.dashboard_host, args.dashboard_port):
+            raise UserError(f"--dashboard-port {args.dashboard_port}: the port is in use on {args.dashboard_host}; choose another")
+        kwargs = {"dashboard_host": args.dashboard_host, "dashboard_port": args.dashboard_port}
+    conn = cluster.connect(args.address, num_cpus=num_cpus, **kwargs)
+    if args.wait_nodes:
+        cluster.wait_for_nodes(args.wait_nodes, args.wait_timeout)
+        conn = cluster.refresh(conn)
+    if storage:
+        cluster.check_shared_storage(storage)
+    if getattr(args, "dashboard", False):
+        print(f"Ray dashboard: {conn.dashboard_url}", flush=True)
+    return conn
+
+
+def _hold_dashboard(args: argparse.Namespace, conn) -> None:
+    if not getattr(args, "dashboard", False):
+        return
+    import time
+
+    print(f"sweep done; the dashboard stays up at {conn.dashboard_url} -- press Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def _find_user_error(exc: BaseException | None) -> UserError | None:
@@ -53,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     save_config(cfg, out / "config.yaml")
     tracking.prepare_environment(cfg, out)
 
-    conn = cluster.connect(args.address, num_cpus=args.num_cpus or cfg.ray.num_cpus)
+    conn = _connect(args, args.num_cpus or cfg.ray.num_cpus, storage=str(out.parent))
     need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
     if need > conn.num_cpus:
         raise UserError(f"ray.num_workers x ray.cpus_per_worker needs {need:g} CPUs but the Ray cluster has "
@@ -92,9 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     ensure_data(sweep.base)
     run_dir = prepare_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
     tracking.prepare_environment(sweep.base, run_dir)
-    conn = cluster.connect(args.address, num_cpus=args.num_cpus or sweep.base.ray.num_cpus)
     try:
-        summary = run_sweep(sweep, conn, run_dir=run_dir)
+        conn = _connect(args, args.num_cpus or sweep.base.ray.num_cpus, storage=run_dir.rsplit("/", 1)[0])
+        summary = run_sweep(sweep, conn, run_dir=run_dir, max_failures=args.max_failures)
+        _hold_dashboard(args, conn)
     finally:
         cluster.shutdown()
     if args.eval_best and summary.get("best_trial") and (Path(run_dir) / "best").is_dir():
@@ -120,8 +167,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     base_file = Path(args.run_dir) / "base_config.yaml"
     if base_file.is_file():
         tracking.prepare_environment(build_config(load_yaml(base_file)), args.run_dir)
-    conn = cluster.connect(args.address, num_cpus=args.num_cpus)
     try:
+        conn = _connect(args, args.num_cpus, storage=str(Path(args.run_dir).resolve().parent))
         summary = resume_sweep(args.run_dir, conn)
     finally:
         cluster.shutdown()
@@ -218,9 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a key of every trial's base config (repeatable)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+    p.add_argument("--max-failures", type=int, help="restarts of a failed trial from its last checkpoint "
+                   "(default: 2 on a multi-node cluster, 0 on one node)")
     p.add_argument("--eval-best", action="store_true", help="evaluate the best checkpoint at the end (RUN_DIR/best_eval.csv/.json)")
     p.add_argument("--eval-device", default="cpu", help="device for --eval-best (default: cpu)")
-    _add_connection_args(p)
+    _add_connection_args(p, dashboard=True)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep")

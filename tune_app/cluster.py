@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UserError
 
@@ -97,6 +98,25 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
 _OWNED_ENV: set[str] = set()
 
 
+def refresh(conn: Connection) -> Connection:
+    """``conn`` with the cluster's current CPU/GPU totals (after more nodes joined)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return Connection(conn.address, conn.dashboard_url, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+
+
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_port(host: str, preferred: int = 8265) -> int:
     """The dashboard's usual port when it is free, else any free port."""
     import socket
@@ -116,6 +136,7 @@ def wait_for_nodes(count: int, timeout_s: float = 300.0, poll_s: float = 1.0) ->
     import ray
 
     deadline = time.monotonic() + timeout_s
+    print(f"waiting for {count} Ray node(s) ...", flush=True)
     while True:
         alive = sum(1 for n in ray.nodes() if n.get("Alive"))
         if alive >= count:
@@ -124,6 +145,54 @@ def wait_for_nodes(count: int, timeout_s: float = 300.0, poll_s: float = 1.0) ->
             raise UserError(f"--wait-nodes {count}: only {alive} Ray node(s) alive after {timeout_s:.0f} s; "
                             "check that the worker nodes could join the head, or raise --wait-timeout")
         time.sleep(poll_s)
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_shared_storage(storage: str, timeout_s: float = 60.0) -> None:
+    """Refuse a run directory that the cluster's nodes do not all see.
+
+    Trials on other nodes write checkpoints into the run directory and resume from it, so on a
+    multi-node cluster it must be shared storage (NFS, a bucket URI). A URI is taken as shared. A
+    local path is checked, not guessed: a marker file is written here and a task pinned to every
+    alive node looks for it.
+    """
+    if "://" in storage and not storage.startswith("file://"):
+        return
+    nodes = alive_nodes()
+    if len(nodes) <= 1:
+        return
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    root = Path(storage.removeprefix("file://"))
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / f".tune_app_shared_{uuid.uuid4().hex[:10]}"
+    marker.write_text("x")
+    try:
+        probe = ray.remote(num_cpus=0)(_path_exists)
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
+                for n in nodes]
+        seen = ray.get(refs, timeout=timeout_s)
+    finally:
+        marker.unlink(missing_ok=True)
+    missing = [n.get("NodeManagerAddress", n["NodeID"][:8]) for n, ok in zip(nodes, seen, strict=True) if not ok]
+    if missing:
+        raise UserError(f"storage path {root} is local to this node: node(s) {', '.join(missing)} of the {len(nodes)}-node "
+                        "cluster cannot see it, and trials there could not write or resume checkpoints. Use shared "
+                        "storage: --storage /an/nfs/mount or a bucket URI (s3://bucket/path, gs://...)")
+
+
+def _path_exists(path: str) -> bool:
+    import os.path
+
+    return os.path.exists(path)
 
 
 def shutdown() -> None:

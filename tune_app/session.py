@@ -36,7 +36,10 @@ class RayTrainSession:
         # steps were measured so on 2 cores. Pin it to this worker's share.
         torch.set_num_threads(max(1, int(cpus_per_worker)))
 
+        import ray
+
         self._train = ray.train
+        self._node_id = ray.get_runtime_context().get_node_id()
         ctx = ray.train.get_context()
         self.rank, self.world_size, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
         assigned = ray.train.torch.get_device() if torch.cuda.is_available() else None
@@ -50,6 +53,8 @@ class RayTrainSession:
         return ckpt.as_directory if ckpt else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
+        if self.rank == 0:      # which node rank 0 ran on: `status`/results show how a sweep spread
+            metrics = {**metrics, "node_id": self._node_id}
         checkpoint = self._train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         self._train.report(metrics, checkpoint=checkpoint,
                            checkpoint_dir_name=f"checkpoint_{step:06d}" if checkpoint else None)

@@ -146,7 +146,7 @@ def _put_files(run_dir: str, files: dict[str, str]) -> None:
 
 
 def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurrent: int,
-           sweep: Sweep | None = None):
+           sweep: Sweep | None = None, max_failures: int = 0):
     from ray import tune
 
     from .tracking import sweep_callbacks
@@ -157,6 +157,8 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
     storage, name = run_dir.rsplit("/", 1)
     run_config = tune.RunConfig(
         name=name, storage_path=storage, verbose=0,
+        # A trial whose node died is restarted (from its last checkpoint) up to this many times.
+        failure_config=tune.FailureConfig(max_failures=max_failures),
         callbacks=[_progress_callback(keys, sweep_meta["total_steps"], sweep_meta["metric"],
                                       f"{run_dir}/trial_events.jsonl" if _is_local(run_dir) else None),
                    *sweep_callbacks(base, name, run_dir)],
@@ -171,17 +173,27 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
     return tune.Tuner(trainable, param_space=sweep.param_space(), tune_config=tune_config, run_config=run_config)
 
 
-def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, run_dir: str | None = None) -> dict[str, Any]:
+def default_max_failures() -> int:
+    """Retry trials on a multi-node cluster (a node can go away); on one machine a failure is a bug to see."""
+    from .cluster import alive_nodes
+
+    return 2 if len(alive_nodes()) > 1 else 0
+
+
+def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, run_dir: str | None = None,
+              max_failures: int | None = None) -> dict[str, Any]:
     """Run ``sweep`` to the end on the connected cluster; returns the summary it writes.
 
     ``run_dir`` is the directory :func:`prepare_run_dir` claimed (claimed here when not given).
+    ``max_failures``: restarts per trial after a failure (default :func:`default_max_failures`).
     """
     run_dir = run_dir or prepare_run_dir(sweep, overwrite)
     meta = _write_sweep_files(run_dir, sweep)
     concurrency = sweep.max_concurrent_trials or default_concurrency(sweep, conn)
     print(f"tune_app run: sweep '{sweep.name}' ({sweep.method}, {sweep.grid_size()} trial(s), up to {concurrency} at once, "
           f"{sweep.base.ray.num_workers} DDP worker(s) each) -> {run_dir}", flush=True)
-    tuner = _tuner(meta, sweep.base, run_dir, conn, concurrency, sweep)
+    retries = default_max_failures() if max_failures is None else max_failures
+    tuner = _tuner(meta, sweep.base, run_dir, conn, concurrency, sweep, retries)
     tuner.fit()
     return finish(run_dir)
 
