@@ -145,3 +145,23 @@ def test_exported_best_checkpoint_is_self_contained(sweep_dir, tmp_path):
     eps = prepare(a.cfg).episodes
     np.testing.assert_array_equal(a.predict(eps.states[:3], np.asarray(eps.images[:3])),
                                   b.predict(eps.states[:3], np.asarray(eps.images[:3])))
+
+
+def test_finishing_a_sweep_in_a_bucket_mirrors_without_checkpoints(sweep_dir, tmp_path, monkeypatch):
+    """The bucket code path (pyarrow filesystem) on a local filesystem: mirror, best checkpoint, upload."""
+    import pyarrow.fs
+
+    from tune_app.sweep import finish
+
+    run_dir, summary = sweep_dir
+    bucket = tmp_path / "bucket" / "inspect"
+    shutil.copytree(run_dir, bucket, ignore=shutil.ignore_patterns("best", "best_config.yaml", "summary.json", "report.html"))
+    monkeypatch.chdir(tmp_path)
+    again = finish(str(bucket), fs=pyarrow.fs.LocalFileSystem())
+    assert again["best_trial"] == summary["best_trial"]
+    mirror = tmp_path / "runs" / "inspect"
+    assert not list(mirror.glob("trials/*/checkpoint_0*"))                    # checkpoints stay in the bucket
+    assert (mirror / "best" / "pretrained_model" / "model.safetensors").is_file()
+    for name in ("summary.json", "best_config.yaml", "report.html", "best/pretrained_model/model.safetensors"):
+        assert (bucket / name).is_file(), name                                # uploaded back beside Tune's files
+    assert load_policy(bucket / "best").cfg.training.lr == load_policy(run_dir / "best").cfg.training.lr

@@ -212,29 +212,44 @@ def resume_sweep(run_dir: str, conn: Connection) -> dict[str, Any]:
     return finish(str(path.resolve()))
 
 
-def finish(run_dir: str) -> dict[str, Any]:
-    """Write summary.json, best_config.yaml and best/ for a finished (or stopped) sweep; print the table."""
+def finish(run_dir: str, fs=None) -> dict[str, Any]:
+    """Write summary.json, best_config.yaml, best/ and report.html for a finished (or stopped) sweep;
+    print the table. A run directory in a bucket is mirrored to ``runs/<name>/`` (no checkpoints but
+    the best) and the outputs are uploaded back beside Tune's files. ``fs``: a pyarrow filesystem to
+    use instead of resolving a URI ``run_dir`` (tests)."""
+    from . import storage
     from .results import load_run, render_table
 
-    if not _is_local(run_dir):
-        # Tune wrote everything to the URI; reading it back here would need a full download.
-        print(f"sweep finished; results are in {run_dir} (status/report read a local copy of that folder)")
-        return {"best_trial": "remote"}
-    run = load_run(run_dir.removeprefix("file://"))
+    remote_root = None
+    if fs is not None or not _is_local(run_dir):
+        fs, remote_root = (fs, run_dir) if fs is not None else storage.split(run_dir)
+        local = Path("runs").resolve() / remote_root.rstrip("/").rsplit("/", 1)[-1]
+        shutil.rmtree(local, ignore_errors=True)
+        checkpoints = storage.mirror(fs, remote_root, local)
+        print(f"local copy of {run_dir} (without checkpoints): {local}", flush=True)
+    else:
+        local = Path(run_dir.removeprefix("file://"))
+    run = load_run(local)
     summary = run.summary()
     best = run.best()
-    _put_files(run_dir, {"summary.json": json.dumps(summary, indent=2, default=str)})
-    if best is not None and _is_local(run_dir):
-        cfg = build_config(load_yaml(Path(run_dir) / "base_config.yaml"), overrides=best.params)
-        save_config(cfg, Path(run_dir) / "best_config.yaml")
-        if best.checkpoint:
-            dest = Path(run_dir) / "best"
-            shutil.rmtree(dest, ignore_errors=True)
+    (local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if best is not None:
+        cfg = build_config(load_yaml(local / "base_config.yaml"), overrides=best.params)
+        save_config(cfg, local / "best_config.yaml")
+        dest = local / "best"
+        shutil.rmtree(dest, ignore_errors=True)
+        if remote_root is not None and checkpoints.get(f"trials/train-{best.trial_id}"):
+            latest = checkpoints[f"trials/train-{best.trial_id}"][-1]
+            storage.download_dir(fs, f"{remote_root.rstrip('/')}/{latest}", dest)
+            best.checkpoint = f"{run_dir.rstrip('/')}/{latest}"
+        elif best.checkpoint:
             shutil.copytree(best.checkpoint, dest)
     print(render_table(run), flush=True)
     from .report import write_report
 
-    print(f"report: {write_report(run_dir)}")
+    print(f"report: {write_report(local)}")
+    if remote_root is not None:
+        storage.upload(fs, remote_root, local, ["summary.json", "best_config.yaml", "report.html", "best"])
     unfinished = [t for t in run.trials if t.state not in ("TERMINATED", "ERROR")]
     summary["complete"] = not unfinished
     if unfinished:
@@ -246,7 +261,7 @@ def finish(run_dir: str) -> dict[str, Any]:
         print("best: no trial reported the metric", file=sys.stderr)
     from . import tracking
 
-    base = build_config(load_yaml(Path(run_dir) / "base_config.yaml"))
+    base = build_config(load_yaml(local / "base_config.yaml"))
     best_info = {"name": best.name, "metric": best.metric_last, "metric_name": run.metric} if best else None
     tracking.finish_mlflow_parent(base, run.name, run_dir, best_info)
     for hint in (tracking.sync_hint(run_dir) if base.wandb.enabled else None, tracking.mlflow_ui_hint(base, run_dir)):
