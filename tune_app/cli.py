@@ -203,6 +203,56 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_osmo_validate(args: argparse.Namespace) -> int:
+    from .osmo import validate_file
+
+    problems, spec = validate_file(args.file, args.set, args.set_string)
+    for line in problems:
+        print(f"{args.file}: {line}", file=sys.stderr)
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
+        return 2
+    groups = spec.get("groups") or [{"tasks": [t]} for t in spec.get("tasks", [])]
+    print(f"{args.file}: valid ({sum(len(g['tasks']) for g in groups)} task(s) in {len(groups)} group(s))")
+    return 0
+
+
+def cmd_osmo_render(args: argparse.Namespace) -> int:
+    from .osmo import cast_set, render_workflow, validate_text, workflow_template
+    from .search_space import load_sweep
+
+    sweep = load_sweep(args.space)
+    repo = workflow_template().parents[1]
+    try:
+        space = Path(args.space).resolve().relative_to(repo)
+    except ValueError:
+        raise UserError(f"osmo render: {args.space} is outside the checkout {repo}; the workflow runs the copy inside the "
+                        "image, so put the search space (and its base config) in the checkout and rebuild the image") from None
+    if args.workers < 0:
+        raise UserError("--workers must be >= 0")
+    values = {"num_workers": args.workers, "search_space": space.as_posix(), "sweep_name": sweep.name}
+    for key in ("image", "cpu", "gpu", "memory", "storage", "storage_path", "exec_timeout"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    for item in args.set:
+        if "=" not in item:
+            raise UserError(f"--set {item}: use KEY=VALUE")
+        key, value = item.split("=", 1)
+        values[key] = cast_set(value)
+    text = render_workflow(values)
+    problems, _ = validate_text(text, base_dir=workflow_template().parent)
+    if problems:
+        for line in problems:
+            print(f"rendered workflow: {line}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}: {args.workers} worker(s) + head; submit with: osmo workflow submit {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import ensure_data
@@ -294,6 +344,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
     p.add_argument("-o", "--output", help="HTML file (default: RUN_DIR/report.html)")
     p.set_defaults(func=cmd_report)
+
+    osmo = sub.add_parser("osmo", help="render or validate NVIDIA OSMO workflow files").add_subparsers(dest="osmo_command", required=True)
+    p = osmo.add_parser("render", help="print a complete OSMO workflow (osmo/ray-sweep.yaml) for a sweep")
+    p.add_argument("space", help="search-space file inside this checkout, e.g. search_spaces/lr_grid.yaml")
+    p.add_argument("--workers", type=int, required=True, help="Ray worker nodes besides the head")
+    p.add_argument("--image", help="container image built from the Dockerfile")
+    p.add_argument("--cpu", type=int, help="CPUs per node")
+    p.add_argument("--gpu", type=int, help="GPUs per node")
+    p.add_argument("--memory", help="memory per node, e.g. 64Gi")
+    p.add_argument("--storage", help="disk per node, e.g. 100Gi")
+    p.add_argument("--storage-path", dest="storage_path", help="shared run directory: s3://bucket/path or an NFS mount")
+    p.add_argument("--exec-timeout", dest="exec_timeout", help="e.g. 8h")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other default value of the workflow")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_osmo_render)
+    p = osmo.add_parser("validate", help="check a workflow file offline the way the OSMO server would")
+    p.add_argument("file", help="workflow YAML")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="template values (int/float/str)")
+    p.add_argument("--set-string", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="template values kept as strings")
+    p.set_defaults(func=cmd_osmo_validate)
 
     data = sub.add_parser("data", help="prepare a data source, or write the demo data as bags").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="decode a config's bags/LeRobot dataset into this node's cache")

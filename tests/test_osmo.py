@@ -1,0 +1,158 @@
+"""OSMO workflow rendering and offline validation (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tune_app.cli import main as cli_main
+from tune_app.osmo import validate_file, validate_text
+
+from .conftest import REPO
+
+BASE = """\
+workflow:
+  name: sweep
+  timeout:
+    exec_timeout: {{timeout}}
+  resources:
+    default: {cpu: 4, gpu: 1, memory: 32Gi, storage: 50Gi}
+  groups:
+  - name: cluster
+    tasks:
+    - name: head
+      lead: true
+      image: my/image:1
+      command: [bash]
+      args: [/tmp/head.sh]
+      environment: {RAY_PORT: "6379", OUT: "{{output}}"}
+      credentials:
+        wandb: {WANDB_API_KEY: wandb_api_key}
+      files:
+      - path: /tmp/head.sh
+        localpath: head.sh
+    {% for i in range(n) %}
+    - name: worker-{{i}}
+      image: my/image:1
+      command: [bash]
+      args: [-c, "until ray start --address={{host:head}}:6379 --block; do sleep 5; done"]
+      environment: {RAY_PORT: "6379"}
+    {% endfor %}
+default-values:
+  n: 2
+  timeout: 2h
+"""
+
+
+@pytest.fixture()
+def workdir(tmp_path):
+    (tmp_path / "head.sh").write_text("#!/bin/bash\nray start --head --port=6379\npython -m tune_app run s.yaml --address auto\n")
+    return tmp_path
+
+
+def check(text: str, folder, sets=None) -> list[str]:
+    return validate_text(text, sets, base_dir=folder)[0]
+
+
+def test_base_workflow_is_valid(workdir):
+    problems, spec = validate_text(BASE, base_dir=workdir)
+    assert problems == []
+    tasks = spec["groups"][0]["tasks"]
+    assert [t["name"] for t in tasks] == ["head", "worker-0", "worker-1"]
+    assert "{{host:head}}" in tasks[1]["args"][1] and tasks[0]["environment"]["OUT"] == "{{output}}"   # tokens kept
+
+
+BROKEN = [
+    ("unknown top-level key", lambda t: t + "resources:\n  x: 1\n", "resources: unknown top-level key"),
+    ("spaces in a special token", lambda t: t.replace('"{{output}}"', '"{{ output }}"'), "has spaces inside the braces"),
+    ("undefined template variable (original's WORKERS_*)", lambda t: t.replace("range(n)", "range(WORKERS_COUNT)"),
+     "'WORKERS_COUNT' is undefined"),
+    ("task-level groups: count (original)", lambda t: t.replace("      lead: true\n", "      lead: true\n      groups: {count: 2}\n"),
+     "workflow.groups[0].tasks[0].groups: unknown field"),
+    ("credential secret: form (original)", lambda t: t.replace("{WANDB_API_KEY: wandb_api_key}", "{secret: wandb-key}"),
+     "'secret:' is not OSMO credential syntax"),
+    ("input path: (original)", lambda t: t.replace("      files:\n", "      inputs:\n      - url: s3://b/data\n        path: /data\n      files:\n", 1),
+     "inputs[0].path: unknown field"),
+    ("no lead in a group", lambda t: t.replace("      lead: true\n", ""), "has 0 lead task(s) but must have exactly one"),
+    ("two leads", lambda t: t.replace("      args: [-c,", "      lead: true\n      args: [-c,"), "has 3 lead task(s)"),
+    ("host token naming no task of the group", lambda t: t.replace("{{host:head}}", "{{host:master}}"),
+     "'{{host:master}}' names no task of this group"),
+    ("names equal after normalisation", lambda t: t.replace("- name: worker-{{i}}", "- name: Head{{i}}").replace("range(n)", "range(1)")
+     .replace("- name: head\n", "- name: head0\n").replace("{{host:head}}", "{{host:head0}}"), "collides with"),
+    ("memory in GB", lambda t: t.replace("memory: 32Gi", "memory: 32GB"), "workflow.resources.default.memory"),
+    ("fractional cpu", lambda t: t.replace("cpu: 4", "cpu: 0.5"), "workflow.resources.default.cpu: 0.5 must be a whole number"),
+    ("mixed-unit duration", lambda t: t, "workflow.timeout.exec_timeout: '10h5m' is not a duration", ["timeout=10h5m"]),
+    ("localpath file missing", lambda t: t.replace("localpath: head.sh", "localpath: missing.sh"), "'missing.sh' not found"),
+    ("input from the same group", lambda t: t.replace("      files:\n", "      inputs:\n      - task: worker-0\n      files:\n", 1),
+     "'worker-0' must be a task of an earlier group"),
+    ("lead sleeps forever (cookbook pattern)", lambda t: t.replace("args: [/tmp/head.sh]", "args: [-c, 'ray start --head; sleep infinity']"),
+     "sleeps forever"),
+    ("input token without inputs", lambda t: t.replace('OUT: "{{output}}"', 'OUT: "{{input:0}}"'), "'{{input:0}}' has no matching entry"),
+    ("version 3", lambda t: "version: 3\n" + t, "only version 2 is accepted"),
+    ("bare boolean arg", lambda t: t.replace("args: [/tmp/head.sh]", "args: [/tmp/head.sh, true]"), "args[1]: True must be a string"),
+    ("RESTART exit action", lambda t: t.replace("      lead: true\n", "      lead: true\n      exitActions: {RESTART: '1'}\n"),
+     "keys are COMPLETE, FAIL or RESCHEDULE"),
+    ("too many tasks", lambda t: t, "21 tasks; OSMO allows 20", ["n=20"]),
+    ("output url that is not a bucket", lambda t: t.replace("      files:\n", "      outputs:\n      - url: /output/train\n      files:\n", 1),
+     "is not a storage URL"),
+    ("workers join another port", lambda t: t.replace('environment: {RAY_PORT: "6379"}\n    {% endfor', 'environment: {RAY_PORT: "6380"}\n    {% endfor'),
+     "different RAY_PORT values"),
+    ("undefined resource", lambda t: t.replace("args: [/tmp/head.sh]", "args: [/tmp/head.sh]\n      resource: big"),
+     "'big' is not defined in workflow.resources"),
+]
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[c[0] for c in BROKEN])
+def test_broken_workflow_is_caught_with_its_path(case, workdir):
+    _, mutate, expected, *sets = case
+    problems = check(mutate(BASE), workdir, sets[0] if sets else None)
+    assert any(expected in p for p in problems), problems
+
+
+def test_jinja_in_a_localpath_script_is_caught(workdir):
+    (workdir / "head.sh").write_text('#!/bin/bash\narr=(a b)\necho "${#arr[@]}"\n')
+    problems = check(BASE, workdir)
+    assert any("head.sh line 3 contains '{#'" in p for p in problems), problems
+
+
+def test_validate_cli_exit_codes(workdir, capsys):
+    (workdir / "wf.yaml").write_text(BASE)
+    assert cli_main(["osmo", "validate", str(workdir / "wf.yaml")]) == 0
+    (workdir / "bad.yaml").write_text(BASE.replace("cpu: 4", "cpu: 0.5").replace("memory: 32Gi", "memory: 1GB"))
+    assert cli_main(["osmo", "validate", str(workdir / "bad.yaml"), "--set", "n=1"]) == 2
+    err = capsys.readouterr().err
+    assert "workflow.resources.default.cpu" in err and "workflow.resources.default.memory" in err and "2 problem(s)" in err
+
+
+@pytest.mark.parametrize("workers", [1, 4, 19])
+def test_render_then_validate_round_trip(workers, tmp_path, capsys):
+    out = tmp_path / "wf.yaml"
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", str(workers),
+                   "--image", "registry.example/tune_app:1", "--storage-path", "s3://bucket/tune_app", "--gpu", "2", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    problems, spec = validate_file(out)
+    assert problems == []
+    tasks = spec["groups"][0]["tasks"]
+    assert len(tasks) == workers + 1 and tasks[0]["name"] == "head" and tasks[0]["lead"] is True
+    assert all(t["environment"]["HEAD_HOST"] == "{{host:head}}" for t in tasks[1:])
+    head_env = tasks[0]["environment"]
+    assert head_env["SEARCH_SPACE"] == "search_spaces/lr_grid.yaml" and head_env["NUM_WORKERS"] == str(workers)
+    assert head_env["OUTPUT_DIR"] == "{{output}}" and spec["resources"]["default"]["gpu"] == 2
+    script = tasks[0]["files"][0]["contents"]                       # the entry script, inlined
+    assert script == (REPO / "osmo" / "head.sh").read_text()
+    assert tasks[0]["credentials"] == {"wandb": {"WANDB_API_KEY": "wandb_api_key"}}
+    defaults = yaml.safe_load(out.read_text().split("default-values:", 1)[1].join(["default-values:", ""]))
+    assert defaults["default-values"]["num_workers"] == workers
+
+
+def test_render_refuses_a_workflow_that_could_not_run(capsys):
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "20", "--storage-path", "s3://b/p"])
+    assert rc == 2 and "21 tasks" in capsys.readouterr().err
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "2"])
+    assert rc == 2 and "set storage_path" in capsys.readouterr().err
+
+
+def test_shipped_workflow_validates_and_its_scripts_are_jinja_free():
+    problems, spec = validate_file(REPO / "osmo" / "ray-sweep.yaml", ["storage_path=s3://bucket/p", "mlflow_credential=mlflow"])
+    assert problems == []
+    assert spec["groups"][0]["tasks"][0]["credentials"]["mlflow"]["MLFLOW_TRACKING_PASSWORD"] == "password"
