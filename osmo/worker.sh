@@ -9,7 +9,7 @@
 # Loaded with `localpath`: never put Jinja's opening sequences in this file.
 set -uo pipefail
 
-: "${HEAD_HOST:?set HEAD_HOST to the head's address}"
+: "${HEAD_HOST:?set HEAD_HOST to the address of the head node}"
 : "${RAY_PORT:=6379}" "${JOIN_RETRY_S:=5}" "${RAY_START_ARGS:=}"
 
 # shellcheck disable=SC2086

@@ -1,0 +1,151 @@
+"""A real two-node Ray cluster on this machine, brought up by the same entry scripts the OSMO workflow runs.
+
+osmo/worker.sh joins (retrying until the head listens), osmo/head.sh starts the head, waits for both
+nodes, runs the sweep with ``--address auto`` and copies the results to OUTPUT_DIR. Each node gets
+one CPU, so two concurrent 1-CPU trials must use both. The test stops exactly the processes it
+started: those whose command line names its own Ray temp dir or whose process group it created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tune_app.results import load_run
+
+from .conftest import REPO, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """Head (osmo/head.sh) + one worker node (osmo/worker.sh) on 127.0.0.1, isolated by RAY_TMPDIR."""
+
+    def __init__(self, space: Path, out: Path, storage: Path, sweep_name: str, extra_args: str = ""):
+        self.tmp = Path(tempfile.mkdtemp(prefix="ta-", dir="/tmp"))     # short: Ray's socket paths must stay < 108 chars
+        self.port, self.dash, self.worker_port = free_port(), free_port(), free_port()
+        env = {**os.environ, "RAY_TMPDIR": str(self.tmp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+        common = "--node-ip-address=127.0.0.1 --num-cpus=1 --object-store-memory=100000000"
+        self.worker = subprocess.Popen(
+            ["bash", str(REPO / "osmo" / "worker.sh")], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**env, "HEAD_HOST": "127.0.0.1", "RAY_PORT": str(self.port), "JOIN_RETRY_S": "1",
+                 "RAY_START_ARGS": f"{common} --node-manager-port={self.worker_port} --resources={{\"worker_node\":1}}"})
+        self.head = subprocess.Popen(
+            ["bash", str(REPO / "osmo" / "head.sh")], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env={**env, "SEARCH_SPACE": str(space), "NUM_WORKERS": "1", "STORAGE_PATH": str(storage),
+                            "SWEEP_NAME": sweep_name, "OUTPUT_DIR": str(out), "RAY_PORT": str(self.port), "WAIT_TIMEOUT": "120",
+                            "TUNE_APP_DIR": str(REPO), "TUNE_APP_ARGS": f"--max-concurrent 2 {extra_args}",
+                            "RAY_START_ARGS": f"{common} --dashboard-port={self.dash} --include-dashboard=true"})
+
+    def nodes(self) -> list[dict]:
+        url = f"http://127.0.0.1:{self.dash}/api/v0/nodes"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r)["data"]["result"]["result"]
+
+    def kill_worker_node(self) -> None:
+        os.killpg(self.worker.pid, signal.SIGKILL)            # worker.sh, its `ray start --block` and that node's raylet
+        for pid in self._pids(f"--node_manager_port={self.worker_port}"):
+            os.kill(pid, signal.SIGKILL)
+
+    def _pids(self, needle: str) -> list[int]:
+        out = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if needle in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                        out.append(int(proc.name))
+                except OSError:
+                    continue
+        return [p for p in out if p != os.getpid()]
+
+    def stop(self) -> None:
+        for proc in (self.head, self.worker):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 20
+        while (pids := self._pids(str(self.tmp)) + self._pids(f"--node_manager_port={self.worker_port}")) and time.time() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM if time.time() < deadline - 10 else signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(1)
+        for proc in (self.head, self.worker):
+            proc.wait(timeout=30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_space(folder: Path, steps: int, save_freq: int) -> Path:
+    space = folder / "space.yaml"
+    space.write_text("method: grid\nmetric: {name: val_loss, goal: minimize}\n"
+                     f"base_config: {TINY}\nparameters:\n  training.lr: {{values: [1.0e-4, 3.0e-5]}}\n"
+                     f"overrides:\n  training.steps: {steps}\n  training.log_freq: {save_freq}\n  training.eval_freq: {save_freq}\n"
+                     f"  training.save_freq: {save_freq}\n  data.demo_episodes: 12\n")
+    return space
+
+
+def test_sweep_spreads_over_two_nodes_started_by_the_workflow_scripts(tmp_path):
+    cluster = LocalCluster(write_space(tmp_path, 30, 15), tmp_path / "out", tmp_path / "shared", "multi")
+    try:
+        log, _ = cluster.head.communicate(timeout=600)
+        assert cluster.head.returncode == 0, log[-4000:]
+        assert "waiting for 2 Ray node(s)" in log
+        run = load_run(tmp_path / "shared" / "multi")
+        assert [t.state for t in run.trials] == ["TERMINATED", "TERMINATED"]
+        nodes = {r["node_id"] for t in run.trials for r in t.history}
+        assert len(nodes) == 2, nodes                                         # each trial on its own node
+        for name in ("summary.json", "best_config.yaml", "report.html", "best/pretrained_model/model.safetensors"):
+            assert (tmp_path / "out" / name).is_file(), name                 # what OSMO would upload from {{output}}
+    finally:
+        cluster.stop()
+    assert not cluster._pids(str(cluster.tmp)) and not cluster._pids(f"--node_manager_port={cluster.worker_port}")
+
+
+def test_sweep_survives_losing_the_worker_node(tmp_path):
+    cluster = LocalCluster(write_space(tmp_path, 160, 20), tmp_path / "out", tmp_path / "shared", "lose")
+    try:
+        deadline = time.time() + 300
+        worker_id = None
+        while time.time() < deadline and cluster.head.poll() is None:
+            try:
+                worker_id = worker_id or next((n["node_id"] for n in cluster.nodes() if not n["is_head_node"]), None)
+                run = load_run(tmp_path / "shared" / "lose")
+            except Exception:  # noqa: BLE001 - the cluster or the run directory is not up yet
+                time.sleep(1)
+                continue
+            on_worker = [r["step"] for t in run.trials for r in t.history if r.get("node_id") == worker_id]
+            if on_worker and max(on_worker) >= 40:                          # two checkpoints written there
+                break
+            time.sleep(0.5)
+        assert worker_id and cluster.head.poll() is None, "the worker node never trained"
+        cluster.kill_worker_node()
+        log, _ = cluster.head.communicate(timeout=600)
+        assert cluster.head.returncode == 0, log[-4000:]
+        run = load_run(tmp_path / "shared" / "lose")
+        assert [t.state for t in run.trials] == ["TERMINATED", "TERMINATED"]
+        moved = next(t for t in run.trials if any(r.get("node_id") == worker_id for r in t.history))
+        steps = [r["step"] for r in moved.history]
+        assert steps[-1] == 160 and steps.count(0) == 1                      # restarted from a checkpoint, not from step 0
+        assert {r["node_id"] for r in moved.history if r["step"] > max(on_worker)} - {worker_id}   # finished on the head
+    finally:
+        cluster.stop()
