@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,24 +21,18 @@ import pytest
 from tune_app.results import load_run
 
 from .conftest import REPO, TINY
+from .raycluster import free_port, pids_matching, ray_env, short_tmp, stop
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalCluster:
     """Head (osmo/head.sh) + one worker node (osmo/worker.sh) on 127.0.0.1, isolated by RAY_TMPDIR."""
 
     def __init__(self, space: Path, out: Path, storage: Path, sweep_name: str, extra_args: str = ""):
-        self.tmp = Path(tempfile.mkdtemp(prefix="ta-", dir="/tmp"))     # short: Ray's socket paths must stay < 108 chars
+        self.tmp = short_tmp()
         self.port, self.dash, self.worker_port = free_port(), free_port(), free_port()
-        env = {**os.environ, "RAY_TMPDIR": str(self.tmp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+        env = ray_env(self.tmp)
         common = "--node-ip-address=127.0.0.1 --num-cpus=1 --object-store-memory=100000000"
         self.worker = subprocess.Popen(
             ["bash", str(REPO / "osmo" / "worker.sh")], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -66,33 +56,10 @@ class LocalCluster:
             os.kill(pid, signal.SIGKILL)
 
     def _pids(self, needle: str) -> list[int]:
-        out = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    if needle in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                        out.append(int(proc.name))
-                except OSError:
-                    continue
-        return [p for p in out if p != os.getpid()]
+        return pids_matching(needle)
 
     def stop(self) -> None:
-        for proc in (self.head, self.worker):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 20
-        while (pids := self._pids(str(self.tmp)) + self._pids(f"--node_manager_port={self.worker_port}")) and time.time() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGTERM if time.time() < deadline - 10 else signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(1)
-        for proc in (self.head, self.worker):
-            proc.wait(timeout=30)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        stop([str(self.tmp), f"--node_manager_port={self.worker_port}"], [self.head, self.worker], self.tmp)
 
 
 def write_space(folder: Path, steps: int, save_freq: int) -> Path:

@@ -55,8 +55,10 @@ def _connect(args: argparse.Namespace, num_cpus: int | None, storage: str | None
 def _hold_dashboard(args: argparse.Namespace, conn) -> None:
     if not getattr(args, "dashboard", False):
         return
+    import signal
     import time
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)     # Tune's fit() leaves its own handler installed
     print(f"sweep done; the dashboard stays up at {conn.dashboard_url} -- press Ctrl-C to stop", flush=True)
     try:
         while True:
@@ -203,6 +205,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .submit import submit
+
+    import shlex
+
+    return submit(args.space, args.address, args.storage, args.name, args.override, shlex.split(args.run_args), args.follow)
+
+
 def cmd_osmo_validate(args: argparse.Namespace) -> int:
     from .osmo import validate_file
 
@@ -344,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
     p.add_argument("-o", "--output", help="HTML file (default: RUN_DIR/report.html)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("submit", help="submit a sweep to a running Ray cluster through the Jobs API")
+    p.add_argument("space", help="search-space file inside this checkout")
+    p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    p.add_argument("--storage", help="run directory root on the cluster: shared path or bucket URI (default: ray.storage_path)")
+    p.add_argument("--name", help="sweep name")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="set a key of every trial's base config")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 0 only if it succeeded")
+    p.add_argument("--run-args", default="", help="more `tune_app run` arguments as one string, e.g. '--max-concurrent 4'")
+    p.set_defaults(func=cmd_submit)
 
     osmo = sub.add_parser("osmo", help="render or validate NVIDIA OSMO workflow files").add_subparsers(dest="osmo_command", required=True)
     p = osmo.add_parser("render", help="print a complete OSMO workflow (osmo/ray-sweep.yaml) for a sweep")
