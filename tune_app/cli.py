@@ -206,9 +206,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .submit import submit
-
     import shlex
+
+    from .submit import submit
 
     return submit(args.space, args.address, args.storage, args.name, args.override, shlex.split(args.run_args), args.follow)
 
