@@ -156,3 +156,32 @@ def test_shipped_workflow_validates_and_its_scripts_are_jinja_free():
     problems, spec = validate_file(REPO / "osmo" / "ray-sweep.yaml", ["storage_path=s3://bucket/p", "mlflow_credential=mlflow"])
     assert problems == []
     assert spec["groups"][0]["tasks"][0]["credentials"]["mlflow"]["MLFLOW_TRACKING_PASSWORD"] == "password"
+
+
+def test_entry_scripts_are_valid_bash():
+    import subprocess
+
+    for name in ("head.sh", "worker.sh"):
+        proc = subprocess.run(["bash", "-n", str(REPO / "osmo" / name)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_dockerfile_installs_the_readme_way_and_ships_what_the_workflow_runs():
+    import re
+
+    docker = (REPO / "Dockerfile").read_text()
+    readme = (REPO / "README.md").read_text()
+    main_cmd = re.search(r"```bash\n(pip install .*?) && python -m tune_app run", readme).group(1)
+    assert main_cmd == "pip install torch==2.13.0 && pip install -e ."
+    run = next(line for line in docker.splitlines() if line.startswith("RUN "))
+    assert re.sub(r' \$\{TORCH_INDEX:\+[^}]*\}', "", run) == f"RUN {main_cmd}"              # the README's install, nothing else
+    assert re.search(r"^ARG BASE=nvcr\.io/nvidia/pytorch:\S+$", docker, re.M) and "FROM ${BASE}" in docker
+    assert "WORKDIR /app" in docker
+    app_dir = yaml.safe_load((REPO / "osmo" / "ray-sweep.yaml").read_text().split("default-values:", 1)[1])["app_dir"]
+    assert app_dir == "/app"
+    copied = set(re.findall(r"^COPY (\S+) ", docker, re.M))
+    for needed in ("tune_app", "osmo", "search_spaces", "configs", "pyproject.toml"):
+        assert needed in copied, needed
+    assert 'ENTRYPOINT ["python", "-m", "tune_app"]' in docker
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and "runs" in ignored and "osmo" not in ignored
