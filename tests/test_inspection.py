@@ -66,10 +66,11 @@ def test_report_of_a_sweep_in_progress(sweep_dir, tmp_path):
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("best*", "summary.json", "report.html"))
     state_file = sorted(copy.glob("experiment_state-*.json"))[-1]
     state = json.loads(state_file.read_text())
-    trial, runtime = state["trial_data"][0]
+    k = next(i for i, (t, _) in enumerate(state["trial_data"]) if json.loads(t)["status"] == "TERMINATED")
+    trial, runtime = state["trial_data"][k]
     trial = json.loads(trial)
     trial["status"] = "RUNNING"
-    state["trial_data"][0] = [json.dumps(trial), runtime]
+    state["trial_data"][k] = [json.dumps(trial), runtime]
     state_file.write_text(json.dumps(state))
     result_file = copy / trial["relative_logdir"] / "result.json"
     result_file.write_text("\n".join(result_file.read_text().splitlines()[:2]) + "\n")

@@ -246,77 +246,10 @@ def _check_task(task: dict, path: str, group_tasks: set[str], resource_names: se
     for key, value in env.items():
         if value is None or isinstance(value, (list, dict)):
             problems.add(f"{path}.environment.{key}", f"{value!r}: values must be strings or numbers")
-    creds = task.get("credentials") or {}
-    if not isinstance(creds, dict):
-        problems.add(f"{path}.credentials", "must be {credential: {ENV_VAR: payload_key}} or {credential: /mount/path}")
-        creds = {}
-    for name, body in creds.items():
-        cpath = f"{path}.credentials.{name}"
-        if not NAME.match(str(name)):
-            problems.add(cpath, "credential names are letters, digits, '-' and '_', starting with a letter")
-        if isinstance(body, str):
-            if not body.startswith("/"):
-                problems.add(cpath, f"'{body}': the string form mounts the credential at an absolute path")
-        elif isinstance(body, dict):
-            if "secret" in body or "secretKeyRef" in body:
-                problems.add(cpath, "'secret:' is not OSMO credential syntax; map environment variables to payload keys, "
-                                    "e.g. {wandb: {WANDB_API_KEY: wandb_api_key}} (after `osmo credential set wandb --type GENERIC "
-                                    "--payload wandb_api_key=...`)")
-                continue
-            for env_name, key in body.items():
-                if not ENV_NAME.match(str(env_name)):
-                    problems.add(f"{cpath}.{env_name}", "not a valid environment variable name")
-                if not isinstance(key, str) or not key:
-                    problems.add(f"{cpath}.{env_name}", "must name a key of the credential's payload")
-        else:
-            problems.add(cpath, "must be {ENV_VAR: payload_key} or a mount path")
+    _check_credentials(task.get("credentials") or {}, f"{path}.credentials", problems)
     inputs = task.get("inputs") or []
-    for i, item in enumerate(inputs):
-        ipath = f"{path}.inputs[{i}]"
-        if not isinstance(item, dict):
-            problems.add(ipath, "must be {task: NAME} or {url: URL}")
-            continue
-        if "dataset" in item:
-            problems.add(f"{ipath}.dataset", "dataset inputs were removed from OSMO; use {url: s3://...} and `osmo data`")
-            continue
-        _unknown(item, INPUT_KEYS, ipath, problems)
-        if ("task" in item) == ("url" in item):
-            problems.add(ipath, "needs exactly one of 'task' or 'url'")
-        if "url" in item:
-            _check_url(item["url"], f"{ipath}.url", problems)
-        _check_regex(item, ipath, problems)
-    for i, item in enumerate(task.get("outputs") or []):
-        opath = f"{path}.outputs[{i}]"
-        if not isinstance(item, dict):
-            problems.add(opath, "must be {url: URL}")
-            continue
-        _unknown(item, OUTPUT_KEYS, opath, problems)
-        if "url" not in item:
-            problems.add(opath, "needs 'url'")
-        else:
-            _check_url(item["url"], f"{opath}.url", problems)
-        _check_regex(item, opath, problems)
-    seen_paths = set()
-    for i, f in enumerate(task.get("files") or []):
-        fpath = f"{path}.files[{i}]"
-        if not isinstance(f, dict):
-            problems.add(fpath, "must be {path, contents} or {path, localpath}")
-            continue
-        _unknown(f, FILE_KEYS, fpath, problems)
-        p = str(f.get("path") or "")
-        if not p:
-            problems.add(f"{fpath}.path", "required")
-        elif p.strip("/").split("/")[0] == "osmo":
-            problems.add(f"{fpath}.path", f"'{p}': paths under /osmo are reserved")
-        elif p in seen_paths:
-            problems.add(f"{fpath}.path", f"'{p}' appears twice in this task")
-        seen_paths.add(p)
-        if "contents" in f and "localpath" in f:
-            problems.add(fpath, "give 'contents' or 'localpath', not both")
-        elif "contents" not in f and "localpath" not in f:
-            problems.add(fpath, "needs 'contents' or 'localpath'")
-        if "localpath" in f:
-            _check_localpath(str(f["localpath"]), base_dir, f"{fpath}.localpath", problems)
+    _check_io(inputs, task.get("outputs") or [], path, problems)
+    _check_files(task.get("files") or [], path, base_dir, problems)
     exit_actions = task.get("exitActions") or {}
     for key, value in (exit_actions.items() if isinstance(exit_actions, dict) else []):
         if str(key).upper() not in ("COMPLETE", "FAIL", "RESCHEDULE"):
@@ -350,6 +283,84 @@ def _check_task(task: dict, path: str, group_tasks: set[str], resource_names: se
             names = [str(i.get("task", "")).split(":")[-1] for i in inputs if isinstance(i, dict)]
             if ref.isdigit() and int(ref) >= len(inputs) or not ref.isdigit() and ref not in names:
                 problems.add(path, f"'{{{{{token}}}}}' has no matching entry in this task's inputs")
+
+
+def _check_credentials(creds: Any, cpath_root: str, problems: Problems) -> None:
+    if not isinstance(creds, dict):
+        problems.add(cpath_root, "must be {credential: {ENV_VAR: payload_key}} or {credential: /mount/path}")
+        creds = {}
+    for name, body in creds.items():
+        cpath = f"{cpath_root}.{name}"
+        if not NAME.match(str(name)):
+            problems.add(cpath, "credential names are letters, digits, '-' and '_', starting with a letter")
+        if isinstance(body, str):
+            if not body.startswith("/"):
+                problems.add(cpath, f"'{body}': the string form mounts the credential at an absolute path")
+        elif isinstance(body, dict):
+            if "secret" in body or "secretKeyRef" in body:
+                problems.add(cpath, "'secret:' is not OSMO credential syntax; map environment variables to payload keys, "
+                                    "e.g. {wandb: {WANDB_API_KEY: wandb_api_key}} (after `osmo credential set wandb --type GENERIC "
+                                    "--payload wandb_api_key=...`)")
+                continue
+            for env_name, key in body.items():
+                if not ENV_NAME.match(str(env_name)):
+                    problems.add(f"{cpath}.{env_name}", "not a valid environment variable name")
+                if not isinstance(key, str) or not key:
+                    problems.add(f"{cpath}.{env_name}", "must name a key of the credential's payload")
+        else:
+            problems.add(cpath, "must be {ENV_VAR: payload_key} or a mount path")
+
+
+def _check_io(inputs: list, outputs: list, path: str, problems: Problems) -> None:
+    for i, item in enumerate(inputs):
+        ipath = f"{path}.inputs[{i}]"
+        if not isinstance(item, dict):
+            problems.add(ipath, "must be {task: NAME} or {url: URL}")
+            continue
+        if "dataset" in item:
+            problems.add(f"{ipath}.dataset", "dataset inputs were removed from OSMO; use {url: s3://...} and `osmo data`")
+            continue
+        _unknown(item, INPUT_KEYS, ipath, problems)
+        if ("task" in item) == ("url" in item):
+            problems.add(ipath, "needs exactly one of 'task' or 'url'")
+        if "url" in item:
+            _check_url(item["url"], f"{ipath}.url", problems)
+        _check_regex(item, ipath, problems)
+    for i, item in enumerate(outputs):
+        opath = f"{path}.outputs[{i}]"
+        if not isinstance(item, dict):
+            problems.add(opath, "must be {url: URL}")
+            continue
+        _unknown(item, OUTPUT_KEYS, opath, problems)
+        if "url" not in item:
+            problems.add(opath, "needs 'url'")
+        else:
+            _check_url(item["url"], f"{opath}.url", problems)
+        _check_regex(item, opath, problems)
+
+
+def _check_files(files: list, path: str, base_dir: Path | None, problems: Problems) -> None:
+    seen_paths = set()
+    for i, f in enumerate(files):
+        fpath = f"{path}.files[{i}]"
+        if not isinstance(f, dict):
+            problems.add(fpath, "must be {path, contents} or {path, localpath}")
+            continue
+        _unknown(f, FILE_KEYS, fpath, problems)
+        p = str(f.get("path") or "")
+        if not p:
+            problems.add(f"{fpath}.path", "required")
+        elif p.strip("/").split("/")[0] == "osmo":
+            problems.add(f"{fpath}.path", f"'{p}': paths under /osmo are reserved")
+        elif p in seen_paths:
+            problems.add(f"{fpath}.path", f"'{p}' appears twice in this task")
+        seen_paths.add(p)
+        if "contents" in f and "localpath" in f:
+            problems.add(fpath, "give 'contents' or 'localpath', not both")
+        elif "contents" not in f and "localpath" not in f:
+            problems.add(fpath, "needs 'contents' or 'localpath'")
+        if "localpath" in f:
+            _check_localpath(str(f["localpath"]), base_dir, f"{fpath}.localpath", problems)
 
 
 def _check_localpath(localpath: str, base_dir: Path | None, path: str, problems: Problems) -> None:
