@@ -53,14 +53,15 @@ def measure(mode: str, steps: int, storage: str) -> dict:
         e = json.loads(line)
         if e["event"] == "start":
             starts.setdefault(e["trial_id"], e["time"])
-    startup, step_time = [], 0.0
+    startup, setup, step_time = [], [], 0.0
     for result in run_dir.glob("*/result.json"):
         records = [json.loads(x) for x in result.read_text().splitlines()]
         final = [r for r in records if "first_step_at" in r][-1]
         startup.append(final["first_step_at"] - starts[final["trial_id"]])
+        setup.append(final["setup_s"])
         step_time += final["step_time_s"]
     return {"mode": mode, "trials": len(startup), "startup_median": statistics.median(startup),
-            "startup_max": max(startup), "wall": wall, "slots": slots, "step_time": step_time,
+            "startup_max": max(startup), "loop_setup_median": statistics.median(setup), "wall": wall, "slots": slots, "step_time": step_time,
             "efficiency": step_time / (wall * slots)}
 
 
@@ -83,9 +84,10 @@ def main() -> None:
             sys.exit(f"{mode} run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         results[mode] = json.loads(line[0][7:])
     print(f"lr_grid, 6 trials x {args.steps} steps, 2 CPUs")
-    print(f"{'mode':10} {'start-up median':>16} {'start-up max':>13} {'wall s':>8} {'slots':>6} {'step s':>7} {'efficiency':>11}")
+    print(f"{'mode':10} {'start-up median':>16} {'start-up max':>13} {'of it in loop':>14} {'wall s':>8} {'slots':>6} {'step s':>7} "
+          f"{'efficiency':>11}")
     for r in results.values():
-        print(f"{r['mode']:10} {r['startup_median']:15.2f}s {r['startup_max']:12.2f}s {r['wall']:8.1f} {r['slots']:6d} "
+        print(f"{r['mode']:10} {r['startup_median']:15.2f}s {r['startup_max']:12.2f}s {r['loop_setup_median']:13.2f}s {r['wall']:8.1f} {r['slots']:6d} "
               f"{r['step_time']:7.1f} {r['efficiency']:11.3f}")
     if {"tune_app", "stock"} <= results.keys():
         a, b = results["tune_app"], results["stock"]

@@ -32,7 +32,7 @@ storage_args=()
 [ -n "$STORAGE_PATH" ] && storage_args=(--storage "$STORAGE_PATH")
 status=0
 # shellcheck disable=SC2086
-python -m tune_app run "$SEARCH_SPACE" --address auto --name "$SWEEP_NAME" --overwrite \
+python -m tune_app run "$SEARCH_SPACE" --address auto --name "$SWEEP_NAME" --resume-existing \
   --wait-nodes "$((NUM_WORKERS + 1))" --wait-timeout "$WAIT_TIMEOUT" "${storage_args[@]}" $TUNE_APP_ARGS || status=$?
 
 if [ -n "$OUTPUT_DIR" ]; then

@@ -67,6 +67,17 @@ def test_status_after_a_sweep(grid_run):
     assert data["best_trial"] == summary["best_trial"] and len(data["trials"]) == 6
 
 
+def test_run_resume_existing_continues_instead_of_starting_over(grid_run):
+    run_dir, _ = grid_run
+    before = [e for e in _events(run_dir) if e["event"] == "start"]
+    proc = run_cli("run", str(REPO / "search_spaces" / "lr_grid.yaml"), "--storage", str(run_dir.parent), "--num-cpus", "2",
+                   "--resume-existing", *sum((["--override", o] for o in SHORT), []))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "exists" in proc.stdout and "resuming it" in proc.stdout
+    assert [e for e in _events(run_dir) if e["event"] == "start"] == before      # every trial was done: none rerun
+    assert len(load_run(run_dir).trials) == 6
+
+
 def test_asha_stops_a_weak_trial_early(ray_local, tmp_path):
     space = grid_space(tmp_path, "asha", [3.0e-4, 1.0e-3, 1.0e-8, 1.0e-9],
                        "early_terminate: {type: hyperband, min_iter: 10, eta: 2, max_iter: 30}\nray: {max_concurrent_trials: 1}")

@@ -131,13 +131,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import cluster, tracking
     from .data import ensure_data
     from .search_space import load_sweep
-    from .sweep import prepare_run_dir, run_sweep
+    from .sweep import prepare_run_dir, run_dir_for, run_sweep, sweep_exists
 
     sweep = load_sweep(args.space, overrides=args.override, name=args.name, storage_path=args.storage,
                        max_concurrent=args.max_concurrent)
     if sweep.base.mlflow.enabled:
         tracking.check_mlflow(tracking.mlflow_uri(sweep.base, "."))
     ensure_data(sweep.base)
+    if args.resume_existing and sweep_exists(run_dir_for(sweep)):
+        # A rescheduled job (OSMO, a preempted node) picks up where it stopped instead of starting over.
+        print(f"tune_app run: sweep '{sweep.name}' exists in {run_dir_for(sweep)}; resuming it", flush=True)
+        args.run_dir = run_dir_for(sweep)
+        args.num_cpus = args.num_cpus or sweep.base.ray.num_cpus
+        return cmd_resume(args)
     run_dir = prepare_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
     tracking.prepare_environment(sweep.base, run_dir)
     try:
@@ -169,8 +175,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     base_file = Path(args.run_dir) / "base_config.yaml"
     if base_file.is_file():
         tracking.prepare_environment(build_config(load_yaml(base_file)), args.run_dir)
+    local = "://" not in args.run_dir or args.run_dir.startswith("file://")
     try:
-        conn = _connect(args, args.num_cpus, storage=str(Path(args.run_dir).resolve().parent))
+        conn = _connect(args, args.num_cpus, storage=str(Path(args.run_dir).resolve().parent) if local else args.run_dir.rsplit("/", 1)[0])
         summary = resume_sweep(args.run_dir, conn)
     finally:
         cluster.shutdown()
@@ -324,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="set a key of every trial's base config (repeatable)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
+    group.add_argument("--resume-existing", action="store_true", help="resume the sweep of the same name if there is one "
+                       "(for jobs that a scheduler may restart), else start it")
     p.add_argument("--max-failures", type=int, help="restarts of a failed trial from its last checkpoint "
                    "(default: 2 on a multi-node cluster, 0 on one node)")
     p.add_argument("--eval-best", action="store_true", help="evaluate the best checkpoint at the end (RUN_DIR/best_eval.csv/.json)")

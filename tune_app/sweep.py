@@ -104,6 +104,37 @@ def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
+def _read_run_file(run_dir: str, name: str) -> str | None:
+    """A file of a run directory (local path or bucket URI), or None when it is not there."""
+    if _is_local(run_dir):
+        path = Path(run_dir.removeprefix("file://")) / name
+        return path.read_text() if path.is_file() else None
+    from . import storage
+
+    fs, root = storage.split(run_dir)
+    try:
+        with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _run_file_exists(run_dir: str, name: str) -> bool:
+    if _is_local(run_dir):
+        return (Path(run_dir.removeprefix("file://")) / name).is_file()
+    import pyarrow.fs
+
+    from . import storage
+
+    fs, root = storage.split(run_dir)
+    return fs.get_file_info(f"{root.rstrip('/')}/{name}").type == pyarrow.fs.FileType.File
+
+
+def sweep_exists(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a sweep that ``resume`` can continue."""
+    return _run_file_exists(run_dir, SWEEP_FILE) and _run_file_exists(run_dir, "tuner.pkl")
+
+
 def prepare_run_dir(sweep: Sweep, overwrite: bool) -> str:
     """Claim ``<storage>/<name>``: refuse to mix with an earlier sweep unless told to overwrite."""
     run_dir = run_dir_for(sweep)
@@ -112,9 +143,18 @@ def prepare_run_dir(sweep: Sweep, overwrite: bool) -> str:
         if path.exists() and any(path.iterdir()):
             if not overwrite:
                 raise UserError(f"{path} already holds a sweep named '{sweep.name}'; continue it with "
-                                f"`python -m tune_app resume {path}`, start over with --overwrite, or pick another --name")
+                                f"`python -m tune_app resume {path}` (or run --resume-existing), start over with --overwrite, "
+                                "or pick another --name")
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
+    elif _run_file_exists(run_dir, SWEEP_FILE):
+        if not overwrite:
+            raise UserError(f"{run_dir} already holds a sweep named '{sweep.name}'; continue it with `python -m tune_app resume "
+                            f"{run_dir}` (or run --resume-existing), start over with --overwrite, or pick another --name")
+        from . import storage
+
+        fs, root = storage.split(run_dir)
+        fs.delete_dir(root)
     return run_dir
 
 
@@ -199,17 +239,19 @@ def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, run_dir: 
 
 
 def resume_sweep(run_dir: str, conn: Connection) -> dict[str, Any]:
-    """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from checkpoints."""
-    path = Path(run_dir)
-    meta_file = path / SWEEP_FILE
-    if not meta_file.is_file() or not (path / "tuner.pkl").is_file():
+    """Continue an interrupted sweep (a local directory or a bucket URI): finished trials are kept,
+    unfinished ones resume from their checkpoints."""
+    import yaml
+
+    run_dir = str(Path(run_dir).resolve()) if _is_local(run_dir) else run_dir.rstrip("/")
+    if not sweep_exists(run_dir):
         raise UserError(f"{run_dir}: not a tune_app sweep directory (no {SWEEP_FILE} and tuner.pkl); "
                         "give the directory `run` printed, e.g. runs/lr_grid")
-    meta = json.loads(meta_file.read_text())
-    base = build_config(load_yaml(path / "base_config.yaml"), source=str(path / "base_config.yaml"))
-    print(f"tune_app resume: sweep '{meta['name']}' in {path}", flush=True)
-    _tuner(meta, base, str(path.resolve()), conn, 0).fit()
-    return finish(str(path.resolve()))
+    meta = json.loads(_read_run_file(run_dir, SWEEP_FILE))
+    base = build_config(yaml.safe_load(_read_run_file(run_dir, "base_config.yaml")), source=f"{run_dir}/base_config.yaml")
+    print(f"tune_app resume: sweep '{meta['name']}' in {run_dir}", flush=True)
+    _tuner(meta, base, run_dir, conn, 0).fit()
+    return finish(run_dir)
 
 
 def finish(run_dir: str, fs=None) -> dict[str, Any]:
