@@ -166,3 +166,22 @@ def test_finishing_a_sweep_in_a_bucket_mirrors_without_checkpoints(sweep_dir, tm
     for name in ("summary.json", "best_config.yaml", "report.html", "best/pretrained_model/model.safetensors"):
         assert (bucket / name).is_file(), name                                # uploaded back beside Tune's files
     assert load_policy(bucket / "best").cfg.training.lr == load_policy(run_dir / "best").cfg.training.lr
+
+
+def test_eval_on_other_data_given_by_a_config(sweep_dir, tmp_path):
+    """--data CONFIG: the same demo episodes written as bags give (almost) the same numbers."""
+    from tune_app.config import load_config
+    from tune_app.data.bagwriter import write_demo_bags
+    from tune_app.data.demo import make_demo
+
+    run_dir, _ = sweep_dir
+    policy = load_policy(run_dir / "best")
+    eps = make_demo(12, policy.cfg.data.demo_episode_len, (48, 64))
+    write_demo_bags(tmp_path / "bags", load_config(TINY), eps)
+    data_cfg = tmp_path / "data.yaml"
+    data_cfg.write_text(f"data:\n  bag_dir: {tmp_path / 'bags'}\n  cache_dir: {tmp_path / 'cache'}\n"
+                        "  camera_topic: /camera/camera/color/image_raw\n")
+    on_demo = evaluate(run_dir / "best", latency_steps=3)
+    on_bags = evaluate(run_dir / "best", data_config=str(data_cfg), latency_steps=3)
+    assert on_bags.data_source.startswith("ROS 2 bags") and on_bags.episodes == on_demo.episodes
+    assert on_bags.l1 == pytest.approx(on_demo.l1, rel=0.05)       # only each episode's last action differs (0 in bags)

@@ -73,7 +73,10 @@ def evaluate(checkpoint: str | Path, data_config: str | None = None, overrides: 
         if not item.split("=", 1)[0].startswith("data."):
             raise UserError(f"--override {item.split('=', 1)[0]}: eval takes data.* overrides only")
     if data_config:
-        cfg.data = load_config(data_config).data
+        # The other data's source and decoding conventions; the image size stays the policy's own.
+        other = load_config(data_config)
+        other.conventions.image_resize = cfg.conventions.image_resize
+        cfg.data, cfg.conventions = other.data, other.conventions
     if overrides:
         cfg = _with_data_overrides(cfg, overrides)
     prepared = prepare(cfg)

@@ -126,6 +126,8 @@ class LoadedPolicy:
     def normalise(self, state: np.ndarray | torch.Tensor, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.stats
         state = torch.as_tensor(state, dtype=torch.float32)
+        if isinstance(images, np.ndarray) and not images.flags.writeable:   # frames memory-mapped from the data cache
+            images = np.array(images)
         images = torch.as_tensor(images)
         if images.dim() == 4:                       # (B, H, W, 3): one camera
             images = images[:, None]
