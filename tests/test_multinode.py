@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -83,6 +84,13 @@ def test_sweep_spreads_over_two_nodes_started_by_the_workflow_scripts(tmp_path):
         assert len(nodes) == 2, nodes                                         # each trial on its own node
         for name in ("summary.json", "best_config.yaml", "report.html", "best/pretrained_model/model.safetensors"):
             assert (tmp_path / "out" / name).is_file(), name                 # what OSMO would upload from {{output}}
+        # A run directory the other processes cannot see (each resolves /proc/self/cwd to its own folder) is refused.
+        work = tmp_path / "elsewhere"
+        work.mkdir()
+        proc = subprocess.run([sys.executable, "-m", "tune_app", "run", str(tmp_path / "space.yaml"), "--address", f"127.0.0.1:{cluster.port}",
+                               "--storage", "/proc/self/cwd/runs_local"], cwd=work, env=ray_env(cluster.tmp),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "is local to this node" in proc.stderr and "2-node cluster" in proc.stderr, proc.stderr[-2000:]
     finally:
         cluster.stop()
     assert not cluster._pids(str(cluster.tmp)) and not cluster._pids(f"--node_manager_port={cluster.worker_port}")
