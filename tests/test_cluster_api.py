@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 def space_in_checkout(name: str, steps: int = 20) -> str:
-    """Search spaces for submit must live in the uploaded checkout: a file under tests/ (removed after)."""
+    """Search spaces for submit must live in the uploaded checkout: a file under tests/ (removed after).
+    Not git-ignored on purpose: Ray's working_dir upload skips what .gitignore names."""
     path = REPO / "tests" / f"_tmp_{name}.yaml"
     path.write_text("method: grid\nmetric: {name: val_loss, goal: minimize}\nbase_config: ../configs/act_tiny.yaml\n"
                     "parameters:\n  training.lr: {values: [1.0e-4]}\n"
