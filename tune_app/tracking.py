@@ -107,7 +107,10 @@ def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str) -> list:
         kwargs = {"entity": cfg.wandb.entity} if cfg.wandb.entity else {}
         callbacks.append(_wandb_callback_class()(
             project=cfg.wandb.project, group=sweep_name, tags=list(cfg.wandb.tags), mode=wandb_mode(cfg),
-            excludes=sorted(NOT_METRICS), upload_timeout=30, **kwargs))
+            # At the end Ray kills logging actors still writing after this long: a busy machine or a slow
+            # upload needs minutes (30 s lost a trial's history under CI load). Ctrl-C stays prompt:
+            # PromptWandbLoggerCallback tells running trials' actors to finish first.
+            excludes=sorted(NOT_METRICS), upload_timeout=300, **kwargs))
     if cfg.mlflow.enabled:
         callbacks.append(make_sweep_mlflow_callback(cfg, sweep_name, run_dir))
     return callbacks
