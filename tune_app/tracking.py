@@ -127,6 +127,21 @@ def _wandb_callback_class():
         it always waits the whole timeout and then kills them mid-write. Tell them first.
         """
 
+        def _cleanup_logging_actor(self, trial):
+            # Ray kills a trial's logging actor the moment its run() (ending in wandb.finish()) returns,
+            # but wandb's service may still be closing the run file then: a killed actor lost a whole
+            # trial's offline history under load. Let the actor exit on its own (its atexit hooks
+            # finish wandb) before Ray's kill, which then finds it gone.
+            import ray
+
+            actor = self._trial_logging_actors.get(trial)
+            if actor is not None:
+                try:
+                    ray.get(actor.__ray_terminate__.remote(), timeout=60)
+                except Exception:  # noqa: BLE001 - the actor exiting is the expected outcome
+                    pass
+            super()._cleanup_logging_actor(trial)
+
         def on_experiment_end(self, trials, **info):
             for trial in list(self._trial_queues):
                 try:
