@@ -59,12 +59,12 @@ def _hold_dashboard(args: argparse.Namespace, conn) -> None:
     import time
 
     signal.signal(signal.SIGINT, signal.default_int_handler)     # Tune's fit() leaves its own handler installed
-    print(f"sweep done; the dashboard stays up at {conn.dashboard_url} -- press Ctrl-C to stop", flush=True)
     try:
+        print(f"sweep done; the dashboard stays up at {conn.dashboard_url} -- press Ctrl-C to stop", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        signal.signal(signal.SIGINT, signal.SIG_IGN)                # a second Ctrl-C must not cut the shutdown short
 
 
 def _find_user_error(exc: BaseException | None) -> UserError | None:
