@@ -121,14 +121,11 @@ def _free_port(host: str, preferred: int = 8265) -> int:
     """The dashboard's usual port when it is free, else any free port."""
     import socket
 
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise RuntimeError("no free port")
+    if port_free(host, preferred):
+        return preferred
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def wait_for_nodes(count: int, timeout_s: float = 300.0, poll_s: float = 1.0) -> int:

@@ -61,14 +61,18 @@ def _reader(bag: Path, typestore):
     return AnyReader([bag], default_typestore=typestore)
 
 
+def _unreadable(bag: Path, err: Exception) -> UserError:
+    return UserError(f"bag {bag}: cannot be read ({type(err).__name__}: {str(err).strip() or 'no detail'}); "
+                     "is the recording complete and not corrupt?")
+
+
 def _open(bag: Path, typestore):
     try:
         reader = _reader(bag, typestore)
         reader.open()
         return reader
     except Exception as err:  # noqa: BLE001 - rosbags raises several types for unreadable recordings
-        raise UserError(f"bag {bag}: cannot be read ({type(err).__name__}: {str(err).strip() or 'no detail'}); "
-                        "is the recording complete and not corrupt?") from None
+        raise _unreadable(bag, err) from None
 
 
 @dataclass
@@ -125,7 +129,7 @@ def _scan(bag: Path, cfg: Config, typestore) -> BagScan:
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"bag {bag}: cannot be read ({type(err).__name__}: {err}); is the recording complete and not corrupt?") from None
+        raise _unreadable(bag, err) from None
     finally:
         reader.close()
     positions = np.asarray(rows, dtype=np.float64).reshape(-1, len(wanted))
