@@ -67,12 +67,14 @@ def test_train_restarted_after_kill_continues_from_its_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--config", str(TINY), "--num-cpus", "2", "--override", f"training.output_dir={out}",
             "--override", "training.steps=200", "--override", "training.save_freq=25", "--override", "training.log_freq=25"]
-    proc = subprocess.Popen([sys.executable, "-m", "tune_app", *args], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "tune_app", *args], cwd=REPO, start_new_session=True,
+                                stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     try:
         while not (out / "checkpoint_000050").is_dir():
-            assert proc.poll() is None, "train exited before its second checkpoint"
+            assert proc.poll() is None, f"train exited before its second checkpoint:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.5)
         time.sleep(1.0)
@@ -110,3 +112,29 @@ def test_ddp_trains_on_ros_bags_from_the_shared_cache(ray_local, tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [folder.name]
     split = json.loads((out / "checkpoint_000010" / "pretrained_model" / "data_split.json").read_text())
     assert split["source"].startswith("ROS 2 bags") and split["episodes"] == 8 and len(split["val_episodes"]) == 1
+
+
+STATE_PROBE = """
+import ray
+from tune_app import cluster
+from ray.train.v2._internal.state.util import is_actor_alive
+
+conn = cluster.connect(num_cpus=1, log_to_driver=False)
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def alive(self, actor_id):
+        return bool(is_actor_alive(actor_id, timeout=10))
+
+probe = Probe.remote()
+print("ALIVE", ray.get(probe.alive.remote(probe._actor_id.hex())))
+cluster.shutdown()
+"""
+
+
+def test_embedded_cluster_state_api_is_its_own_even_when_the_parent_set_another():
+    """Ray Train's placement-group cleaner asks the State API whether the controller lives; an address
+    inherited from a parent process (here a dead one) made it answer "no" and remove a live run's workers."""
+    proc = subprocess.run([sys.executable, "-c", STATE_PROBE], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"})
+    assert "ALIVE True" in proc.stdout, proc.stderr[-3000:]

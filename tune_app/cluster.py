@@ -78,10 +78,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
         # otherwise look for "the" local cluster and fail when a second one runs on this machine;
         # the cleaner then never frees an early-stopped trial's CPUs and the sweep stalls. Pin the
         # dashboard port and tell every process of this cluster (they inherit the env) where it is.
+        # Always this cluster's own: a value inherited from a parent process that runs another
+        # embedded Ray points the cleaner at the wrong cluster, where our controller is unknown,
+        # so it "cleans up" the placement group of a live run and kills its workers.
         dashboard_port = dashboard_port or (_free_port(dashboard_host) if dashboard else None)
-        if dashboard and "RAY_API_SERVER_ADDRESS" not in os.environ:
-            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{dashboard_host}:{dashboard_port}"
-            _OWNED_ENV.add("RAY_API_SERVER_ADDRESS")
+        if dashboard:
+            state_host = "127.0.0.1" if dashboard_host in ("0.0.0.0", "::", "") else dashboard_host
+            _set_owned_env("RAY_API_SERVER_ADDRESS", f"http://{state_host}:{dashboard_port}")
         kwargs = dict(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                       log_to_driver=log_to_driver, object_store_memory=200 << 20)
         if dashboard_port:
@@ -95,7 +98,12 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
                       num_cpus=resources.get("CPU", 0.0), num_gpus=resources.get("GPU", 0.0))
 
 
-_OWNED_ENV: set[str] = set()
+_OWNED_ENV: dict[str, str | None] = {}      # variables connect() set -> the value they had before
+
+
+def _set_owned_env(key: str, value: str) -> None:
+    _OWNED_ENV.setdefault(key, os.environ.get(key))
+    os.environ[key] = value
 
 
 def refresh(conn: Connection) -> Connection:
@@ -197,6 +205,9 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-    for key in _OWNED_ENV:
-        os.environ.pop(key, None)
+    for key, before in _OWNED_ENV.items():
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
     _OWNED_ENV.clear()
