@@ -193,8 +193,8 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
     from .trainable import tune_trainable
 
     keys = sweep_meta["parameters"]
-    trainable = tune_trainable(base, f"{run_dir}/trials", conn.num_gpus)
     storage, name = run_dir.rsplit("/", 1)
+    trainable = tune_trainable(base, f"{run_dir}/trials", conn.num_gpus, janitor=_janitor_name(name))
     run_config = tune.RunConfig(
         name=name, storage_path=storage, verbose=0,
         # A trial whose node died is restarted (from its last checkpoint) up to this many times.
@@ -209,8 +209,22 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
         metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
         max_concurrent_trials=max_concurrent, scheduler=sweep.scheduler(), search_alg=sweep.search_alg(),
         trial_name_creator=TrialNamer(keys), trial_dirname_creator=TrialDirNamer(keys),
+        # A finished trial's process (with the Train controller it hosts) runs the next trial.
+        reuse_actors=True,
     )
     return tune.Tuner(trainable, param_space=sweep.param_space(), tune_config=tune_config, run_config=run_config)
+
+
+def _janitor_name(sweep_name: str) -> str:
+    return f"tune_app-janitor-{sweep_name}"
+
+
+def _fit(tuner, run_dir: str) -> None:
+    """``tuner.fit()`` with the sweep's placement-group janitor (tune_app/janitor.py) alive around it."""
+    from .janitor import start_janitor
+
+    janitor = start_janitor(_janitor_name(run_dir.rsplit("/", 1)[1]))  # noqa: F841 - the handle keeps it alive
+    tuner.fit()
 
 
 def default_max_failures() -> int:
@@ -233,8 +247,7 @@ def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, run_dir: 
     print(f"tune_app run: sweep '{sweep.name}' ({sweep.method}, {sweep.grid_size()} trial(s), up to {concurrency} at once, "
           f"{sweep.base.ray.num_workers} DDP worker(s) each) -> {run_dir}", flush=True)
     retries = default_max_failures() if max_failures is None else max_failures
-    tuner = _tuner(meta, sweep.base, run_dir, conn, concurrency, sweep, retries)
-    tuner.fit()
+    _fit(_tuner(meta, sweep.base, run_dir, conn, concurrency, sweep, retries), run_dir)
     return finish(run_dir)
 
 
@@ -250,7 +263,7 @@ def resume_sweep(run_dir: str, conn: Connection) -> dict[str, Any]:
     meta = json.loads(_read_run_file(run_dir, SWEEP_FILE))
     base = build_config(yaml.safe_load(_read_run_file(run_dir, "base_config.yaml")), source=f"{run_dir}/base_config.yaml")
     print(f"tune_app resume: sweep '{meta['name']}' in {run_dir}", flush=True)
-    _tuner(meta, base, run_dir, conn, 0).fit()
+    _fit(_tuner(meta, base, run_dir, conn, 0), run_dir)
     return finish(run_dir)
 
 

@@ -48,17 +48,20 @@ def worker_resources(cfg: Config, cluster_gpus: float) -> tuple[bool, dict[str, 
 
 def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: float,
                        callbacks: list | None = None, progress: bool = False, keep_checkpoints: int | None = None,
-                       max_failures: int = 0):
+                       max_failures: int = 0, janitor: str | None = None):
     """The TorchTrainer that trains ``cfg`` on ``ray.num_workers`` DDP workers.
 
     Its run lives at ``storage_path/name``; a run restarted with the same pair resumes from its
-    latest checkpoint (Train V2 restores it automatically).
+    latest checkpoint (Train V2 restores it automatically). ``janitor``: the sweep's placement-group
+    janitor; given inside a Tune trial, whose process then also hosts the Train controller
+    (:mod:`tune_app.trainer`).
     """
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
     from ray.train.v2.api.config import LoggingConfig
 
     from .train_loop import train_loop_per_worker
+    from .trainer import TorchTrainer
 
     use_gpu, resources = worker_resources(cfg, cluster_gpus)
     return TorchTrainer(
@@ -74,6 +77,7 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
             # Train logs every report at INFO; the loop's own progress line says what matters.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
+        in_trial_process=janitor is not None, janitor=janitor,
     )
 
 
@@ -83,7 +87,7 @@ def fit_run(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: floa
 
 
 def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, cluster_gpus: float,
-              keep_checkpoints: int = 2) -> None:
+              janitor: str, keep_checkpoints: int = 2) -> None:
     """The Tune function trainable: one trial = one TorchTrainer run of ``base`` + ``params``.
 
     The Train run is named after the trial (``train-<trial_id>``) under ``trials_dir``, so a trial
@@ -97,7 +101,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, clu
     cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
     trial_id = tune.get_context().get_trial_id()
     fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TuneReportCallback()],
-            keep_checkpoints=keep_checkpoints)
+            keep_checkpoints=keep_checkpoints, janitor=janitor)
     _drain_report_queue()
 
 
@@ -117,9 +121,10 @@ def _drain_report_queue(timeout_s: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def tune_trainable(base: Config, trials_dir: str | Path, cluster_gpus: float):
+def tune_trainable(base: Config, trials_dir: str | Path, cluster_gpus: float, janitor: str):
     """``run_trial`` bound to a sweep's base config, holding no CPU itself (its workers hold them)."""
     from ray import tune
 
-    fn = tune.with_parameters(run_trial, base=base.to_dict(), trials_dir=str(trials_dir), cluster_gpus=cluster_gpus)
+    fn = tune.with_parameters(run_trial, base=base.to_dict(), trials_dir=str(trials_dir), cluster_gpus=cluster_gpus,
+                              janitor=janitor)
     return tune.with_resources(fn, {"cpu": 0, "memory": 1})

@@ -1,0 +1,55 @@
+"""The TorchTrainer as tune_app runs it: the stock Train V2 run with fewer processes per run.
+
+Trial start-up on a small machine is CPU-bound: every Ray actor is a fresh Python process that
+re-imports Ray Train (~1.3 CPU-s each), and a stock run starts seven of them per trial (trial
+actor, Train->Tune queue, controller, placement-group cleaner, synchronization actor, workers,
+dataset manager). :class:`TorchTrainer` keeps the design — the same controller, worker group,
+DDP backend and train loop — and removes the processes that do no work here:
+
+* **No dataset manager**: tune_app feeds workers from its memory-mapped cache, never Ray Data,
+  so ``DatasetsCallback`` (which starts a ``DatasetManager`` actor per run) is left out.
+* **Controller in the trial's process** (``in_trial_process``): inside a Tune trial the trial
+  actor's only job is to drive one Train run, so the ``TrainController`` runs there instead of in
+  an actor of its own; with Tune's actor reuse its imports are paid once per trial slot, not per
+  trial. Outside Tune (``tune_app train``) the controller stays an actor, as stock.
+* **One placement-group janitor per sweep** instead of Ray's ``PlacementGroupCleaner`` per run:
+  when a trial's process dies (an early-stopped or failed trial is killed), its workers'
+  placement group would otherwise stay reserved until the sweep ends (ray-notes.md §3). The
+  janitor watches the owning process through an actor handle, so it needs no State API either.
+  A run driven from the driver (``tune_app train``) needs none: Ray frees a job's placement
+  groups when its driver exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray.train.torch import TorchTrainer as _StockTorchTrainer
+from ray.train.v2._internal.callbacks import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.controller import TrainController
+
+from .janitor import JanitorCallback
+
+
+class TorchTrainer(_StockTorchTrainer):
+    """``ray.train.torch.TorchTrainer`` plus ``in_trial_process`` and ``janitor`` (see the module doc)."""
+
+    def __init__(self, *args, in_trial_process: bool = False, janitor: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._in_trial_process = in_trial_process
+        self._janitor = janitor
+
+    def _create_default_callbacks(self):
+        callbacks = [cb for cb in super()._create_default_callbacks()
+                     if not isinstance(cb, (DatasetsCallback, PlacementGroupCleanerCallback))]
+        if self._janitor:
+            callbacks.append(JanitorCallback(self._janitor))
+        return callbacks
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        if not self._in_trial_process:
+            return super()._initialize_and_run_controller(**controller_init_kwargs)
+        controller = TrainController(**controller_init_kwargs)
+        asyncio.run(controller.run())
+        return controller.get_result()
