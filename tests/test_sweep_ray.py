@@ -136,3 +136,36 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert 0 not in steps and steps[0] >= 30 and steps[-1] == 80        # ... from its checkpoint (>= 20), not step 0
     assert all(t.state == "TERMINATED" and t.last_step == 80 for t in run.trials)
     assert "best:" in resumed.stdout
+
+
+def test_janitor_frees_the_placement_group_of_a_killed_run_owner(ray_local):
+    """A trial process killed mid-run (node loss, hard kill) leaves its workers' placement group to the job;
+    the sweep's janitor removes it once the owner is dead, and leaves a live owner's alone."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from tune_app.janitor import start_janitor
+
+    janitor = start_janitor("janitor-test")
+
+    @ray.remote(num_cpus=0)
+    class Owner:
+        def start_run(self, janitor_name):
+            pg = placement_group([{"CPU": 1}])
+            ray.get(pg.ready())
+            context = ray.get_runtime_context()
+            ray.get(ray.get_actor(janitor_name).watch.remote(context.current_actor, context.get_actor_id(), pg))
+            return pg
+
+    owner = Owner.remote()
+    pg = ray.get(owner.start_run.remote("janitor-test"))
+    time.sleep(3)                                           # several janitor rounds with a live owner
+    assert placement_group_table(pg)["state"] == "CREATED"
+    assert len(ray.get(janitor.watching.remote())) == 1
+    ray.kill(owner)
+    deadline = time.monotonic() + 60
+    while placement_group_table(pg)["state"] != "REMOVED":
+        assert time.monotonic() < deadline, "the dead owner's placement group was never removed"
+        time.sleep(0.5)
+    assert ray.get(janitor.watching.remote()) == []
+    ray.kill(janitor)

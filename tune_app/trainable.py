@@ -9,6 +9,7 @@ Train V2 pattern (ray-notes.md §1): a Tune *function* trainable is the Train dr
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,13 @@ def worker_resources(cfg: Config, cluster_gpus: float) -> tuple[bool, dict[str, 
 
 def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: float,
                        callbacks: list | None = None, progress: bool = False, keep_checkpoints: int | None = None,
-                       max_failures: int = 0, janitor: str | None = None):
+                       max_failures: int = 0, trial_stop: threading.Event | None = None, janitor: str | None = None):
     """The TorchTrainer that trains ``cfg`` on ``ray.num_workers`` DDP workers.
 
     Its run lives at ``storage_path/name``; a run restarted with the same pair resumes from its
-    latest checkpoint (Train V2 restores it automatically). ``janitor``: the sweep's placement-group
-    janitor; given inside a Tune trial, whose process then also hosts the Train controller
-    (:mod:`tune_app.trainer`).
+    latest checkpoint (Train V2 restores it automatically). Inside a Tune trial, ``trial_stop``
+    (the trial's stop event) and ``janitor`` (the sweep's placement-group janitor) are given: the
+    Train controller then runs in the trial's process (:mod:`tune_app.trainer`).
     """
     import ray.train
     from ray.train.torch import TorchConfig
@@ -77,7 +78,7 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
             # Train logs every report at INFO; the loop's own progress line says what matters.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        in_trial_process=janitor is not None, janitor=janitor,
+        trial_stop=trial_stop, janitor=janitor,
     )
 
 
@@ -94,31 +95,94 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, clu
     restarted by ``resume`` (or after a failure) continues from its latest checkpoint.
     """
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.train._internal.session import get_session
 
     from .config import build_config
 
     cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
     trial_id = tune.get_context().get_trial_id()
-    fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TuneReportCallback()],
-            keep_checkpoints=keep_checkpoints, janitor=janitor)
-    _drain_report_queue()
+    stop = get_session().stop_event            # set by Tune when it stops this trial
+    queue = _report_queue()
+    fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TrialReportCallback(queue, stop)],
+            keep_checkpoints=keep_checkpoints, trial_stop=stop, janitor=janitor)
+    _settle(queue, stop)
 
 
-def _drain_report_queue(timeout_s: float = 120.0) -> None:
-    """Return only once Tune has taken the last report off the Train -> Tune queue.
+class TrialReportCallback(UserCallback):
+    """Forwards rank 0's reports to Tune, as Ray's ``TuneReportCallback`` does (``checkpoint_path`` added).
 
-    Ray 2.60 race: if the final report is still queued when this function returns, Tune's session
-    forwards it from its main thread after the training thread ended and blocks forever on a lock
-    only that thread would release (the trial never finishes). Waiting here keeps the normal path.
+    Unlike it, a report made after Tune stopped the trial is dropped: nobody takes it off the
+    one-slot queue then, and a blocking ``put`` would hold the controller, so the stopped run could
+    never end and free its trial process.
+    """
+
+    def __init__(self, queue, stop: threading.Event):
+        self._queue, self._stop = queue, stop
+
+    def __getstate__(self):
+        # Train ships its run config (callbacks included) to the workers, which never call this
+        # callback; the event stays behind in the trial's process.
+        return {"_queue": self._queue}
+
+    def __setstate__(self, state):
+        self._queue, self._stop = state["_queue"], threading.Event()
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        from ray.util.queue import Full
+
+        item = dict(metrics[0])
+        if checkpoint:
+            item["checkpoint_path"] = checkpoint.path
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except Full:
+                continue
+
+
+_REPORT_QUEUE = None   # this trial process's Train -> Tune queue, kept for the next trial it runs
+
+
+def _report_queue():
+    """The Train -> Tune report queue of this trial, reusing the previous trial's when it is empty.
+
+    Tune's session starts a new queue actor (one more process) for every trial; with actor reuse
+    one per trial process is enough. A queue left non-empty, or whose actor died, is not reused.
     """
     from ray.train._internal.session import get_session
 
+    global _REPORT_QUEUE
     session = get_session()
-    queue = session._get_or_create_inter_actor_queue() if session is not None else None
+    if _REPORT_QUEUE is not None and session._inter_actor_queue is None:
+        try:
+            if _REPORT_QUEUE.empty():
+                session._inter_actor_queue = _REPORT_QUEUE
+        except Exception:  # noqa: BLE001 - its actor is gone: the session makes a new one
+            pass
+    _REPORT_QUEUE = session._get_or_create_inter_actor_queue()
+    return _REPORT_QUEUE
+
+
+def _settle(queue, stop: threading.Event, timeout_s: float = 120.0) -> None:
+    """Return only once Tune has taken the last report off the queue (or, stopped, nobody will).
+
+    Ray 2.60 race: if the final report is still queued when the trial function returns, Tune's
+    session forwards it from its main thread after the training thread ended and blocks forever on
+    a lock only that thread would release (the trial never finishes). Waiting here keeps the normal
+    path. A stopped trial's leftover report is discarded, so the queue can serve the next trial.
+    """
+    from ray.util.queue import Empty
+
     deadline = time.monotonic() + timeout_s
-    while queue is not None and not queue.empty() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not queue.empty() and time.monotonic() < deadline:
+        if stop.is_set():
+            try:
+                queue.get_nowait()
+            except Empty:
+                pass
+        else:
+            time.sleep(0.05)
 
 
 def tune_trainable(base: Config, trials_dir: str | Path, cluster_gpus: float, janitor: str):

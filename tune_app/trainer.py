@@ -8,10 +8,13 @@ DDP backend and train loop — and removes the processes that do no work here:
 
 * **No dataset manager**: tune_app feeds workers from its memory-mapped cache, never Ray Data,
   so ``DatasetsCallback`` (which starts a ``DatasetManager`` actor per run) is left out.
-* **Controller in the trial's process** (``in_trial_process``): inside a Tune trial the trial
-  actor's only job is to drive one Train run, so the ``TrainController`` runs there instead of in
-  an actor of its own; with Tune's actor reuse its imports are paid once per trial slot, not per
-  trial. Outside Tune (``tune_app train``) the controller stays an actor, as stock.
+* **Controller in the trial's process** (``trial_stop``): inside a Tune trial the trial actor's
+  only job is to drive one Train run, so the ``TrainController`` runs there instead of in an
+  actor of its own; with Tune's actor reuse its imports are paid once per trial slot, not per
+  trial. When Tune stops the trial (early stopping) it sets the trial's stop event and the run is
+  aborted the way Train's own ``abort`` does it (workers and their placement group released), so
+  the trial process is free for the next trial at once. Outside Tune (``tune_app train``) the
+  controller stays an actor, as stock.
 * **One placement-group janitor per sweep** instead of Ray's ``PlacementGroupCleaner`` per run:
   when a trial's process dies (an early-stopped or failed trial is killed), its workers'
   placement group would otherwise stay reserved until the sweep ends (ray-notes.md §3). The
@@ -23,21 +26,26 @@ DDP backend and train loop — and removes the processes that do no work here:
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 
 from ray.train.torch import TorchTrainer as _StockTorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.execution.controller import TrainController
+from ray.train.v2._internal.execution.controller.state import AbortedState
 
 from .janitor import JanitorCallback
 
+log = logging.getLogger("tune_app.trainer")
+
 
 class TorchTrainer(_StockTorchTrainer):
-    """``ray.train.torch.TorchTrainer`` plus ``in_trial_process`` and ``janitor`` (see the module doc)."""
+    """``ray.train.torch.TorchTrainer`` plus ``trial_stop`` and ``janitor`` (see the module doc)."""
 
-    def __init__(self, *args, in_trial_process: bool = False, janitor: str | None = None, **kwargs):
+    def __init__(self, *args, trial_stop: threading.Event | None = None, janitor: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._in_trial_process = in_trial_process
+        self._trial_stop = trial_stop
         self._janitor = janitor
 
     def _create_default_callbacks(self):
@@ -48,8 +56,35 @@ class TorchTrainer(_StockTorchTrainer):
         return callbacks
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
-        if not self._in_trial_process:
+        if self._trial_stop is None:
             return super()._initialize_and_run_controller(**controller_init_kwargs)
         controller = TrainController(**controller_init_kwargs)
-        asyncio.run(controller.run())
+        asyncio.run(_run_until_stopped(controller, self._trial_stop))
         return controller.get_result()
+
+
+async def _run_until_stopped(controller: TrainController, stop: threading.Event, poll_s: float = 0.1) -> None:
+    run = asyncio.ensure_future(controller.run())
+    while not run.done():
+        await asyncio.wait({run}, timeout=poll_s)
+        if stop.is_set() and not run.done() and not controller.get_state().is_terminal():
+            _abort(controller)
+            # The control loop would now call exit_actor() (it expects its own actor): end it here.
+            run.cancel()
+            try:
+                await run
+            except asyncio.CancelledError:
+                pass
+            return
+    run.result()
+
+
+def _abort(controller: TrainController) -> None:
+    """``TrainController.abort`` without its final ``exit_actor`` (this process is the trial's, not the controller's)."""
+    controller._controller_callback_manager.invoke_best_effort("before_controller_abort")
+    try:
+        if controller._worker_group:
+            controller._worker_group.abort()
+    except Exception:  # noqa: BLE001 - as Train's abort: log, still end the run
+        log.exception("aborting the worker group of a stopped trial")
+    controller._set_state(AbortedState())
