@@ -1,12 +1,18 @@
 """Trial start-up and sweep efficiency of `tune_app run`, next to the stock Ray pattern, in one run.
 
 Runs search_spaces/lr_grid.yaml (shortened with --steps) twice, each in its own process and Ray
-session: "tune_app" (tune_app.cluster.connect: preloaded worker modules, fast Train polling, no
-preemption watcher) and "stock" (a plain ray.init with Ray's defaults; the same Tune function
-trainable calling TorchTrainer.fit()). Prints per-trial start-up (trial start -> first optimizer
-step; median, max) and sweep efficiency = sum of time in optimizer steps / (wall x trial slots).
+session, with the same train loop, data and trials:
 
-    python benchmarks/sweep_overhead.py [--steps 60] [--modes tune_app,stock]
+* "tune_app": `tune_app run` as shipped (tune_app.cluster.connect + run_sweep: the controller in
+  the trial's process, trial processes reused, one placement-group janitor per sweep, fast Train
+  polling; see tune_app/trainer.py);
+* "stock": the pattern the issue measured: a plain ray.init with Ray's defaults, a Tune function
+  trainable calling Ray's own TorchTrainer(...).fit() with TuneReportCallback, no actor reuse.
+
+Prints per-trial start-up (trial start -> first optimizer step; median, max) and sweep efficiency
+= sum of time in optimizer steps / (wall x trial slots).
+
+    python benchmarks/sweep_overhead.py [--steps 60] [--workers 1] [--modes tune_app,stock]
 """
 
 from __future__ import annotations
@@ -24,30 +30,70 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(mode: str, steps: int, storage: str) -> dict:
-    from tune_app.cluster import Connection
+def stock_trial(params, base, trials_dir, cluster_gpus):
+    """The stock Train V2 pattern: a Tune function trainable that runs Ray's TorchTrainer.fit()."""
+    from ray import tune
+    from ray.train._internal.session import get_session
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from tune_app.config import build_config
+    from tune_app.trainable import _settle, make_torch_trainer
+
+    cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
+    name = f"train-{tune.get_context().get_trial_id()}"
+    make_torch_trainer(cfg, trials_dir, name, cluster_gpus, callbacks=[TuneReportCallback()], stock=True).fit()
+    session = get_session()      # (a Ray 2.60 race hangs a trial whose last report is still queued)
+    _settle(session._get_or_create_inter_actor_queue(), session.stop_event)
+
+
+def run_stock(sweep, storage: str, slots: int, gpus: float) -> Path:
+    from ray import tune
+
+    run_dir = Path(storage) / sweep.name
+    events = run_dir / "trial_events.jsonl"
+
+    class Events(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            events.parent.mkdir(parents=True, exist_ok=True)
+            with events.open("a") as f:
+                f.write(json.dumps({"trial_id": trial.trial_id, "event": "start", "time": time.time()}) + "\n")
+
+    trainable = tune.with_resources(tune.with_parameters(stock_trial, base=sweep.base.to_dict(), trials_dir=str(run_dir / "trials"),
+                                                         cluster_gpus=gpus), {"cpu": 0, "memory": 1})
+    tune.Tuner(trainable, param_space=sweep.param_space(),
+               tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                                           max_concurrent_trials=slots),
+               run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0, callbacks=[Events()])).fit()
+    return run_dir
+
+
+def measure(mode: str, steps: int, workers: int, storage: str) -> dict:
     from tune_app.search_space import load_sweep
     from tune_app.sweep import default_concurrency, run_sweep
 
     overrides = [f"training.steps={steps}", f"training.log_freq={max(steps // 4, 1)}",
-                 f"training.eval_freq={steps}", f"training.save_freq={steps}"]
+                 f"training.eval_freq={steps}", f"training.save_freq={steps}", f"ray.num_workers={workers}"]
     sweep = load_sweep(REPO / "search_spaces" / "lr_grid.yaml", overrides=overrides, storage_path=storage)
     if mode == "tune_app":
         from tune_app import cluster
 
         conn = cluster.connect(num_cpus=2, log_to_driver=False)
+        slots = default_concurrency(sweep, conn)
+        t0 = time.time()
+        run_sweep(sweep, conn)
+        run_dir = Path(storage) / sweep.name
     else:
         import ray
+
+        from tune_app.cluster import Connection
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=2, log_to_driver=False)
         res = ray.cluster_resources()
-        conn = Connection(None, None, res.get("CPU", 0), res.get("GPU", 0))
-    slots = default_concurrency(sweep, conn)
-    t0 = time.time()
-    run_sweep(sweep, conn)
+        slots = default_concurrency(sweep, Connection(None, None, res.get("CPU", 0), res.get("GPU", 0)))
+        t0 = time.time()
+        run_dir = run_stock(sweep, storage, slots, res.get("GPU", 0))
     wall = time.time() - t0
-    run_dir = Path(storage) / sweep.name
     starts = {}
     for line in (run_dir / "trial_events.jsonl").read_text().splitlines():
         e = json.loads(line)
@@ -61,29 +107,30 @@ def measure(mode: str, steps: int, storage: str) -> dict:
         setup.append(final["setup_s"])
         step_time += final["step_time_s"]
     return {"mode": mode, "trials": len(startup), "startup_median": statistics.median(startup),
-            "startup_max": max(startup), "loop_setup_median": statistics.median(setup), "wall": wall, "slots": slots, "step_time": step_time,
-            "efficiency": step_time / (wall * slots)}
+            "startup_max": max(startup), "loop_setup_median": statistics.median(setup), "wall": wall, "slots": slots,
+            "step_time": step_time, "efficiency": step_time / (wall * slots)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--workers", type=int, default=1, help="DDP workers per trial (ray.num_workers)")
     ap.add_argument("--modes", default="tune_app,stock")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        stats = measure(args.child, args.steps, tempfile.mkdtemp(prefix=f"sweep_{args.child}_"))
+        stats = measure(args.child, args.steps, args.workers, tempfile.mkdtemp(prefix=f"sweep_{args.child}_"))
         print("RESULT " + json.dumps(stats), flush=True)
         return
     results = {}
     for mode in args.modes.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", mode, "--steps", str(args.steps)],
+        out = subprocess.run([sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--workers", str(args.workers)],
                              capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
             sys.exit(f"{mode} run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         results[mode] = json.loads(line[0][7:])
-    print(f"lr_grid, 6 trials x {args.steps} steps, 2 CPUs")
+    print(f"lr_grid, 6 trials x {args.steps} steps, {args.workers} DDP worker(s) per trial, 2 CPUs")
     print(f"{'mode':10} {'start-up median':>16} {'start-up max':>13} {'of it in loop':>14} {'wall s':>8} {'slots':>6} {'step s':>7} "
           f"{'efficiency':>11}")
     for r in results.values():

@@ -84,7 +84,8 @@ def test_dashboard_serves_the_sweep_while_it_runs(tmp_path):
                 break
             time.sleep(1)
         classes = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
-        assert {"RayTrainWorker", "TrainController"} <= classes, classes          # a trial's Train run, seen live
+        # a trial's Train run, seen live: the trial's process (it hosts the Train controller) and its DDP workers
+        assert {"ImplicitFunc", "RayTrainWorker", "SynchronizationActor"} <= classes, classes
         jobs = get_json(f"{base}/api/jobs/")
         assert any(j["type"] == "DRIVER" and j["status"] == "RUNNING" for j in jobs)
         # bound to 127.0.0.1 only

@@ -49,26 +49,30 @@ def worker_resources(cfg: Config, cluster_gpus: float) -> tuple[bool, dict[str, 
 
 def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: float,
                        callbacks: list | None = None, progress: bool = False, keep_checkpoints: int | None = None,
-                       max_failures: int = 0, trial_stop: threading.Event | None = None, janitor: str | None = None):
+                       max_failures: int = 0, trial_stop: threading.Event | None = None, janitor: str | None = None,
+                       stock: bool = False):
     """The TorchTrainer that trains ``cfg`` on ``ray.num_workers`` DDP workers.
 
     Its run lives at ``storage_path/name``; a run restarted with the same pair resumes from its
     latest checkpoint (Train V2 restores it automatically). Inside a Tune trial, ``trial_stop``
     (the trial's stop event) and ``janitor`` (the sweep's placement-group janitor) are given: the
-    Train controller then runs in the trial's process (:mod:`tune_app.trainer`).
+    Train controller then runs in the trial's process (:mod:`tune_app.trainer`). ``stock``: Ray's
+    unmodified ``TorchTrainer`` instead (what benchmarks/sweep_overhead.py compares against).
     """
     import ray.train
-    from ray.train.torch import TorchConfig
+    import ray.train.torch
     from ray.train.v2.api.config import LoggingConfig
 
+    from . import trainer
     from .train_loop import train_loop_per_worker
-    from .trainer import TorchTrainer
 
     use_gpu, resources = worker_resources(cfg, cluster_gpus)
-    return TorchTrainer(
+    trainer_cls, extra = ((ray.train.torch.TorchTrainer, {}) if stock else
+                          (trainer.TorchTrainer, {"trial_stop": trial_stop, "janitor": janitor}))
+    return trainer_cls(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "progress": progress},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -78,7 +82,7 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
             # Train logs every report at INFO; the loop's own progress line says what matters.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        trial_stop=trial_stop, janitor=janitor,
+        **extra,
     )
 
 
