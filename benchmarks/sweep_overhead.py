@@ -37,13 +37,15 @@ def stock_trial(params, base, trials_dir, cluster_gpus):
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from tune_app.config import build_config
-    from tune_app.trainable import _settle, make_torch_trainer
+    from tune_app.trainable import make_torch_trainer
 
     cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
     name = f"train-{tune.get_context().get_trial_id()}"
     make_torch_trainer(cfg, trials_dir, name, cluster_gpus, callbacks=[TuneReportCallback()], stock=True).fit()
-    session = get_session()      # (a Ray 2.60 race hangs a trial whose last report is still queued)
-    _settle(session._get_or_create_inter_actor_queue(), session.stop_event)
+    # Ray 2.60: a trial whose last report is still queued when this returns can hang; wait for it.
+    queue = get_session()._get_or_create_inter_actor_queue()
+    while not queue.empty():
+        time.sleep(0.05)
 
 
 def run_stock(sweep, storage: str, slots: int, gpus: float) -> Path:

@@ -9,14 +9,16 @@ Train V2 pattern (ray-notes.md §1): a Tune *function* trainable is the Train dr
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.train import UserCallback
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from .trainer import TrialStop
 
 
 class MetricsFileCallback(UserCallback):
@@ -49,7 +51,7 @@ def worker_resources(cfg: Config, cluster_gpus: float) -> tuple[bool, dict[str, 
 
 def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: float,
                        callbacks: list | None = None, progress: bool = False, keep_checkpoints: int | None = None,
-                       max_failures: int = 0, trial_stop: threading.Event | None = None, janitor: str | None = None,
+                       max_failures: int = 0, trial_stop: TrialStop | None = None, janitor: str | None = None,
                        stock: bool = False):
     """The TorchTrainer that trains ``cfg`` on ``ray.num_workers`` DDP workers.
 
@@ -99,94 +101,56 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, clu
     restarted by ``resume`` (or after a failure) continues from its latest checkpoint.
     """
     from ray import tune
-    from ray.train._internal.session import get_session
 
     from .config import build_config
+    from .trainer import TrialStop
 
     cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
     trial_id = tune.get_context().get_trial_id()
-    stop = get_session().stop_event            # set by Tune when it stops this trial
-    queue = _report_queue()
-    fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TrialReportCallback(queue, stop)],
+    stop = TrialStop()
+    fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TrialReportCallback(stop)],
             keep_checkpoints=keep_checkpoints, trial_stop=stop, janitor=janitor)
-    _settle(queue, stop)
+    if stop.is_set():
+        # End the way Tune ends a stopped function trainable's thread (its report raises SystemExit);
+        # returning would make Tune's wrapper report once more, to a session nobody reads any more.
+        raise SystemExit(0)
 
 
 class TrialReportCallback(UserCallback):
-    """Forwards rank 0's reports to Tune, as Ray's ``TuneReportCallback`` does (``checkpoint_path`` added).
+    """Reports rank 0's metrics to Tune (``checkpoint_path`` added, as Ray's ``TuneReportCallback``).
 
-    Unlike it, a report made after Tune stopped the trial is dropped: nobody takes it off the
-    one-slot queue then, and a blocking ``put`` would hold the controller, so the stopped run could
-    never end and free its trial process.
+    The Train controller runs in the trial's own thread here (:mod:`tune_app.trainer`), so this
+    calls ``tune.report`` directly, the path Tune designed for function trainables: no queue actor
+    per trial, and none of the Ray 2.60 race where Tune's main thread forwarding a queued report
+    after the trial function returned blocks the trial forever. When Tune stops the trial, its
+    session ends the reporting thread with ``SystemExit``; that is caught and recorded in
+    ``stop`` so the Train run is aborted (workers released) rather than torn through.
     """
 
-    def __init__(self, queue, stop: threading.Event):
-        self._queue, self._stop = queue, stop
+    def __init__(self, stop: TrialStop):
+        self._stop = stop
 
     def __getstate__(self):
-        # Train ships its run config (callbacks included) to the workers, which never call this
-        # callback; the event stays behind in the trial's process.
-        return {"_queue": self._queue}
+        # Train ships its run config (callbacks included) to the workers, which never call this.
+        return {}
 
     def __setstate__(self, state):
-        self._queue, self._stop = state["_queue"], threading.Event()
+        from .trainer import TrialStop
+
+        self._stop = TrialStop()
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        from ray.util.queue import Full
+        from ray import tune
 
+        if self._stop.is_set():
+            return
         item = dict(metrics[0])
         if checkpoint:
             item["checkpoint_path"] = checkpoint.path
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except Full:
-                continue
-
-
-_REPORT_QUEUE = None   # this trial process's Train -> Tune queue, kept for the next trial it runs
-
-
-def _report_queue():
-    """The Train -> Tune report queue of this trial, reusing the previous trial's when it is empty.
-
-    Tune's session starts a new queue actor (one more process) for every trial; with actor reuse
-    one per trial process is enough. A queue left non-empty, or whose actor died, is not reused.
-    """
-    from ray.train._internal.session import get_session
-
-    global _REPORT_QUEUE
-    session = get_session()
-    if _REPORT_QUEUE is not None and session._inter_actor_queue is None:
         try:
-            if _REPORT_QUEUE.empty():
-                session._inter_actor_queue = _REPORT_QUEUE
-        except Exception:  # noqa: BLE001 - its actor is gone: the session makes a new one
-            pass
-    _REPORT_QUEUE = session._get_or_create_inter_actor_queue()
-    return _REPORT_QUEUE
-
-
-def _settle(queue, stop: threading.Event, timeout_s: float = 120.0) -> None:
-    """Return only once Tune has taken the last report off the queue (or, stopped, nobody will).
-
-    Ray 2.60 race: if the final report is still queued when the trial function returns, Tune's
-    session forwards it from its main thread after the training thread ended and blocks forever on
-    a lock only that thread would release (the trial never finishes). Waiting here keeps the normal
-    path. A stopped trial's leftover report is discarded, so the queue can serve the next trial.
-    """
-    from ray.util.queue import Empty
-
-    deadline = time.monotonic() + timeout_s
-    while not queue.empty() and time.monotonic() < deadline:
-        if stop.is_set():
-            try:
-                queue.get_nowait()
-            except Empty:
-                pass
-        else:
-            time.sleep(0.05)
+            tune.report(item)          # returns when Tune has taken it (synchronous reporting)
+        except SystemExit:
+            self._stop.set()
 
 
 def tune_trainable(base: Config, trials_dir: str | Path, cluster_gpus: float, janitor: str):

@@ -11,10 +11,10 @@ DDP backend and train loop — and removes the processes that do no work here:
 * **Controller in the trial's process** (``trial_stop``): inside a Tune trial the trial actor's
   only job is to drive one Train run, so the ``TrainController`` runs there instead of in an
   actor of its own; with Tune's actor reuse its imports are paid once per trial slot, not per
-  trial. When Tune stops the trial (early stopping) it sets the trial's stop event and the run is
-  aborted the way Train's own ``abort`` does it (workers and their placement group released), so
-  the trial process is free for the next trial at once. Outside Tune (``tune_app train``) the
-  controller stays an actor, as stock.
+  trial, and reports reach Tune with ``tune.report`` from that thread (no queue actor). When Tune
+  stops the trial (early stopping) the run is aborted the way Train's own ``abort`` does it
+  (workers and their placement group released), so the trial process is free for the next trial
+  at once. Outside Tune (``tune_app train``) the controller stays an actor, as stock.
 * **One placement-group janitor per sweep** instead of Ray's ``PlacementGroupCleaner`` per run:
   when a trial's process dies (an early-stopped or failed trial is killed), its workers'
   placement group would otherwise stay reserved until the sweep ends (ray-notes.md §3). The
@@ -40,10 +40,31 @@ from .janitor import JanitorCallback
 log = logging.getLogger("tune_app.trainer")
 
 
+class TrialStop:
+    """Whether Tune has stopped the trial this process runs.
+
+    Tune signals it through the trial session's stop event; a report in flight at that moment is
+    ended with ``SystemExit``, which also clears the event, so the reporter records it here.
+    """
+
+    def __init__(self):
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        self._session_event = session.stop_event if session is not None else None
+        self._reported = threading.Event()
+
+    def set(self) -> None:
+        self._reported.set()
+
+    def is_set(self) -> bool:
+        return self._reported.is_set() or (self._session_event is not None and self._session_event.is_set())
+
+
 class TorchTrainer(_StockTorchTrainer):
     """``ray.train.torch.TorchTrainer`` plus ``trial_stop`` and ``janitor`` (see the module doc)."""
 
-    def __init__(self, *args, trial_stop: threading.Event | None = None, janitor: str | None = None, **kwargs):
+    def __init__(self, *args, trial_stop: TrialStop | None = None, janitor: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._trial_stop = trial_stop
         self._janitor = janitor
@@ -63,7 +84,7 @@ class TorchTrainer(_StockTorchTrainer):
         return controller.get_result()
 
 
-async def _run_until_stopped(controller: TrainController, stop: threading.Event, poll_s: float = 0.1) -> None:
+async def _run_until_stopped(controller: TrainController, stop: TrialStop, poll_s: float = 0.1) -> None:
     run = asyncio.ensure_future(controller.run())
     while not run.done():
         await asyncio.wait({run}, timeout=poll_s)
