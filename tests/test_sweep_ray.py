@@ -41,6 +41,12 @@ def test_grid_runs_every_combination_once_with_its_parameters(grid_run):
         assert used["training"]["kl_weight"] == t["params"]["training.kl_weight"]
     starts = [json.loads(x) for x in (run_dir / "trial_events.jsonl").read_text().splitlines() if '"start"' in x]
     assert len(starts) == 6
+    # Two trial slots: the six trials ran in two reused trial processes (each hosting its Train controller).
+    assert len(_trial_pids(run_dir)) == 2
+
+
+def _trial_pids(run_dir: Path) -> set[int]:
+    return {json.loads(line)["pid"] for result in run_dir.glob("*/result.json") for line in result.read_text().splitlines()}
 
 
 def test_sweep_writes_best_config_and_checkpoint(grid_run):
@@ -89,6 +95,8 @@ def test_asha_stops_a_weak_trial_early(ray_local, tmp_path):
     assert any(s < 30 for s in steps.values())               # at least one weak trial was cut at a rung
     assert any(t["state"] == "STOPPED EARLY" for t in summary["trials"])
     assert "STOPPED EARLY" in render_table(load_run(tmp_path / "asha"))
+    # Early-stopped runs were aborted in place: the one trial process went on to run every later trial.
+    assert len(_trial_pids(tmp_path / "asha")) == 1
 
 
 def _events(run_dir):
