@@ -1,9 +1,10 @@
 """Ray Train jobs: the TorchTrainer for one training run, and the Tune trainable that runs one per trial.
 
 Train V2 pattern (ray-notes.md §1): a Tune *function* trainable is the Train driver; it builds a
-``TorchTrainer`` whose workers run :func:`tune_app.train_loop.train_loop_per_worker`, and a
-``TuneReportCallback`` forwards rank 0's reports to Tune. The trainable itself holds no CPU
-(``{"cpu": 0, "memory": 1}``), so a trial's workers can use every CPU its resources name.
+``TorchTrainer`` (:mod:`tune_app.trainer`) whose workers run
+:func:`tune_app.train_loop.train_loop_per_worker`, and :class:`TrialReportCallback` forwards rank 0's
+reports to Tune. The trainable itself holds no CPU (``{"cpu": 0, "memory": 1}``), so a trial's
+workers can use every CPU its resources name.
 """
 
 from __future__ import annotations
