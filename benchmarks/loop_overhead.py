@@ -36,7 +36,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--override", action="append", default=[])
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="loop_overhead_"))
+    with tempfile.TemporaryDirectory(prefix="loop_overhead_") as tmp:
+        measure(args, Path(tmp))
+
+
+def measure(args, tmp: Path) -> None:
     overrides = [f"training.steps={args.steps}", "training.log_freq=50", "training.eval_freq=100",
                  "training.save_freq=100", "ray.num_workers=1", "ray.cpus_per_worker=1", *args.override]
 
