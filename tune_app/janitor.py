@@ -25,7 +25,7 @@ class PlacementGroupJanitor:
     """Removes a run's worker placement group once the process that owns the run has died."""
 
     def __init__(self, interval_s: float = 1.0):
-        self._watched: dict[str, tuple] = {}      # owner actor id -> (placement group, pending ping)
+        self._watched: dict[str, tuple] = {}      # owner actor id -> (placement group, owner handle, pending ping)
         self._lock = threading.Lock()
         self._interval_s = interval_s
         threading.Thread(target=self._loop, daemon=True, name="janitor").start()

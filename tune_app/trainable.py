@@ -136,9 +136,7 @@ class TrialReportCallback(UserCallback):
         return {}
 
     def __setstate__(self, state):
-        from .trainer import TrialStop
-
-        self._stop = TrialStop()
+        self._stop = None
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         from ray import tune
