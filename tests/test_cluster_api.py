@@ -74,18 +74,19 @@ def test_dashboard_serves_the_sweep_while_it_runs(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        actors, deadline = [], time.time() + 240
+        expected = {"ImplicitFunc", "RayTrainWorker", "SynchronizationActor"}
+        actors, classes, deadline = [], set(), time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             try:
                 actors = get_json(f"{base}/api/v0/actors?limit=200")["data"]["result"]["result"]
             except OSError:
                 actors = []
-            if any(a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE" for a in actors):
+            classes = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
+            if expected <= classes:        # the actors come up one after another: wait for the whole set
                 break
             time.sleep(1)
-        classes = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
         # a trial's Train run, seen live: the trial's process (it hosts the Train controller) and its DDP workers
-        assert {"ImplicitFunc", "RayTrainWorker", "SynchronizationActor"} <= classes, classes
+        assert expected <= classes, classes
         jobs = get_json(f"{base}/api/jobs/")
         assert any(j["type"] == "DRIVER" and j["status"] == "RUNNING" for j in jobs)
         # bound to 127.0.0.1 only

@@ -41,12 +41,18 @@ def test_grid_runs_every_combination_once_with_its_parameters(grid_run):
         assert used["training"]["kl_weight"] == t["params"]["training.kl_weight"]
     starts = [json.loads(x) for x in (run_dir / "trial_events.jsonl").read_text().splitlines() if '"start"' in x]
     assert len(starts) == 6
-    # Two trial slots: the six trials ran in two reused trial processes (each hosting its Train controller).
+    # Two trial slots: the six trials ran in two reused trial processes (each hosting its Train controller),
+    # and each process started its runs on the DDP worker its previous run finished with (warm workers).
     assert len(_trial_pids(run_dir)) == 2
+    assert len(_trial_pids(run_dir, "worker_pid")) == 2
+    # ... and the kept ones were freed when the sweep ended: no CPU of the cluster stays reserved.
+    from ray.util.placement_group import placement_group_table
+
+    assert {pg["state"] for pg in placement_group_table().values()} <= {"REMOVED"}
 
 
-def _trial_pids(run_dir: Path) -> set[int]:
-    return {json.loads(line)["pid"] for result in run_dir.glob("*/result.json") for line in result.read_text().splitlines()}
+def _trial_pids(run_dir: Path, key: str = "pid") -> set[int]:
+    return {json.loads(line)[key] for result in run_dir.glob("*/result.json") for line in result.read_text().splitlines()}
 
 
 def test_sweep_writes_best_config_and_checkpoint(grid_run):
@@ -95,8 +101,12 @@ def test_asha_stops_a_weak_trial_early(ray_local, tmp_path):
     assert any(s < 30 for s in steps.values())               # at least one weak trial was cut at a rung
     assert any(t["state"] == "STOPPED EARLY" for t in summary["trials"])
     assert "STOPPED EARLY" in render_table(load_run(tmp_path / "asha"))
-    # Early-stopped runs were aborted in place: the one trial process went on to run every later trial.
+    # Early-stopped runs were aborted in place: the one trial process went on to run every later trial;
+    # a finished run's worker is kept for the next trial, an aborted run's is not (a new one follows it).
     assert len(_trial_pids(tmp_path / "asha")) == 1
+    stopped = sum(t["state"] == "STOPPED EARLY" for t in summary["trials"])
+    workers = _trial_pids(tmp_path / "asha", "worker_pid")
+    assert len(workers) <= 1 + stopped and len(workers) < len(summary["trials"])
 
 
 def _events(run_dir):
@@ -177,3 +187,54 @@ def test_janitor_frees_the_placement_group_of_a_killed_run_owner(ray_local):
         time.sleep(0.5)
     assert ray.get(janitor.watching.remote()) == []
     ray.kill(janitor)
+
+
+def test_kept_workers_are_reused_only_when_alive_and_of_the_same_shape_and_freed_when_unclaimed(ray_local):
+    """tune_app.warm_workers: a trial process keeps a finished run's workers for its next run, and never
+    holds them when they cannot be used: another shape, a dead worker, or nobody claiming them in time."""
+    import ray
+    from ray.train.v2._internal.execution.checkpoint.sync_actor import SynchronizationActor
+    from ray.train.v2._internal.execution.worker_group.placement_group_handle import DefaultPlacementGroupHandle
+    from ray.train.v2._internal.execution.worker_group.worker import RayTrainWorker, Worker
+    from ray.util.placement_group import placement_group, placement_group_table
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from tune_app.warm_workers import Kept, WarmPool
+
+    def finished_run():
+        pg = placement_group([{"CPU": 1}])
+        ray.get(pg.ready(), timeout=60)
+        actor = ray.remote(num_cpus=1)(RayTrainWorker).options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)).remote()
+        worker = Worker(actor, ray.get(actor.get_metadata.remote()), {"CPU": 1}, placement_group_bundle_index=0)
+        sync_actor = SynchronizationActor.remote()
+        ray.get(sync_actor.__ray_ready__.remote(), timeout=60)             # as after a run: every process up
+        return Kept(("1 worker",), DefaultPlacementGroupHandle(pg), [worker], sync_actor)
+
+    def released(kept: Kept) -> bool:
+        deadline = time.monotonic() + 30
+        while placement_group_table(kept.placement_group_handle.placement_group)["state"] != "REMOVED":
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(kept.workers[0].actor.get_metadata.remote(), timeout=30)
+        return True
+
+    pool = WarmPool(idle_s=2.0)
+    kept = finished_run()
+    pool.keep(kept)
+    assert pool.take(("1 worker",)) is kept and pool.reused == 1        # same shape, alive: reused as is
+    pool.keep(kept)
+    assert pool.take(("2 workers",)) is None and released(kept)       # another shape: freed, new ones start
+
+    kept = finished_run()
+    pool.keep(kept)
+    ray.kill(kept.workers[0].actor)
+    assert pool.take(("1 worker",)) is None and released(kept)        # a dead worker (lost node): freed
+
+    kept = finished_run()
+    pool.keep(kept)
+    time.sleep(3)                                                     # nobody claimed it within idle_s
+    assert released(kept) and pool.take(("1 worker",)) is None
+    assert pool.reused == 1

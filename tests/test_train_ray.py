@@ -88,8 +88,10 @@ def test_train_restarted_after_kill_continues_from_its_checkpoint(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr      # no silent mixing of runs
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from checkpoint at step {saved}" in resumed.stdout
+    assert "resuming the run in" in resumed.stdout
     after = _records(out / "metrics.jsonl")[len(before):]
+    # continued from the checkpoint, not from step 0 (the worker's own "resumed from checkpoint at step N"
+    # line reaches stdout through Ray's log forwarding, which does not promise to deliver it before exit)
     assert after[0]["step"] == saved + 25 and after[-1]["step"] == 200
     assert "final checkpoint:" in resumed.stdout and "checkpoint_000200" in resumed.stdout
 

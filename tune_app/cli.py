@@ -108,6 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         f"{conn.num_cpus:g}; lower them or add CPUs")
     print(f"tune_app train: {describe_source(cfg)}, {cfg.ray.num_workers} DDP worker(s), "
           f"{cfg.training.steps} steps -> {out}", flush=True)
+    if previous and args.resume:
+        print(f"tune_app train: resuming the run in {out} from its latest checkpoint", flush=True)
     try:
         result = fit_run(cfg, out.parent, out.name, conn.num_gpus, progress=True,
                          callbacks=[MetricsFileCallback(out / "metrics.jsonl"), *tracking.train_callbacks(cfg, out)])

@@ -38,6 +38,14 @@ class PlacementGroupJanitor:
         with self._lock:
             self._watched.pop(owner_id, None)
 
+    def free_all(self) -> int:
+        """Remove every watched placement group (the sweep is over: no run needs one); returns how many."""
+        with self._lock:
+            items = list(self._watched.items())
+        for owner_id, (pg, _owner, _ping) in items:
+            self._free(owner_id, pg)
+        return len(items)
+
     def watching(self) -> list[str]:
         with self._lock:
             return list(self._watched)
@@ -101,6 +109,8 @@ class JanitorCallback(ControllerCallback, WorkerGroupCallback):
         janitor.watch.remote(context.current_actor, self._owner_id, pg)
 
     def before_worker_group_shutdown(self, worker_group) -> None:
+        if getattr(worker_group.get_worker_group_state(), "keeps_placement_group", False):
+            return                  # kept for this process's next run (tune_app.warm_workers): keep watching
         self._release()
 
     def before_controller_abort(self) -> None:

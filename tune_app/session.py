@@ -8,6 +8,7 @@ the same loop in one process without Ray (benchmarks, debugging), so every mode 
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -53,8 +54,8 @@ class RayTrainSession:
         return ckpt.as_directory if ckpt else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
-        if self.rank == 0:      # which node rank 0 ran on: `status`/results show how a sweep spread
-            metrics = {**metrics, "node_id": self._node_id}
+        if self.rank == 0:      # where rank 0 ran: `status`/results show how a sweep spread and reused workers
+            metrics = {**metrics, "node_id": self._node_id, "worker_pid": os.getpid()}
         checkpoint = self._train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         self._train.report(metrics, checkpoint=checkpoint,
                            checkpoint_dir_name=f"checkpoint_{step:06d}" if checkpoint else None)

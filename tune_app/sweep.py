@@ -221,10 +221,20 @@ def _janitor_name(sweep_name: str) -> str:
 
 def _fit(tuner, run_dir: str) -> None:
     """``tuner.fit()`` with the sweep's placement-group janitor (tune_app/janitor.py) alive around it."""
+    import ray
+
     from .janitor import start_janitor
 
-    janitor = start_janitor(_janitor_name(run_dir.rsplit("/", 1)[1]))  # noqa: F841 - the handle keeps it alive
-    tuner.fit()
+    janitor = start_janitor(_janitor_name(run_dir.rsplit("/", 1)[1]))   # the handle keeps it alive
+    try:
+        tuner.fit()
+    finally:
+        # Trial processes keep a finished run's workers for their next trial (tune_app/warm_workers.py);
+        # when the sweep is over nothing claims them, and a dead trial process cannot free them itself.
+        try:
+            ray.get(janitor.free_all.remote(), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the cluster is going away: Ray frees them with the job
+            print(f"tune_app: could not free the sweep's kept workers: {exc}", file=sys.stderr)
 
 
 def default_max_failures() -> int:

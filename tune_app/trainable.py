@@ -109,9 +109,9 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, clu
     cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
     trial_id = tune.get_context().get_trial_id()
     stop = TrialStop()
-    fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TrialReportCallback(stop)],
+    fit_run(cfg, trials_dir, f"train-{trial_id}", cluster_gpus, callbacks=[TrialReportCallback(stop, cfg.training.steps)],
             keep_checkpoints=keep_checkpoints, trial_stop=stop, janitor=janitor)
-    if stop.is_set():
+    if stop.stopped():
         # End the way Tune ends a stopped function trainable's thread (its report raises SystemExit);
         # returning would make Tune's wrapper report once more, to a session nobody reads any more.
         raise SystemExit(0)
@@ -125,11 +125,13 @@ class TrialReportCallback(UserCallback):
     per trial, and none of the Ray 2.60 race where Tune's main thread forwarding a queued report
     after the trial function returned blocks the trial forever. When Tune stops the trial, its
     session ends the reporting thread with ``SystemExit``; that is caught and recorded in
-    ``stop`` so the Train run is aborted (workers released) rather than torn through.
+    ``stop`` so the Train run is aborted (workers released) rather than torn through, unless it
+    answered the final report (``final_step``): that run ends by itself, cleanly.
     """
 
-    def __init__(self, stop: TrialStop):
+    def __init__(self, stop: TrialStop, final_step: int):
         self._stop = stop
+        self._final_step = final_step
 
     def __getstate__(self):
         # Train ships its run config (callbacks included) to the workers, which never call this.
@@ -141,7 +143,7 @@ class TrialReportCallback(UserCallback):
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         from ray import tune
 
-        if self._stop.is_set():
+        if self._stop.stopped():
             return
         item = dict(metrics[0])
         if checkpoint:
@@ -149,7 +151,7 @@ class TrialReportCallback(UserCallback):
         try:
             tune.report(item)          # returns when Tune has taken it (synchronous reporting)
         except SystemExit:
-            self._stop.set()
+            self._stop.set(after_run=item.get("step") == self._final_step)
 
 
 def tune_trainable(base: Config, trials_dir: str | Path, cluster_gpus: float, janitor: str):

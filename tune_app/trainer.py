@@ -21,6 +21,9 @@ DDP backend and train loop — and removes the processes that do no work here:
   janitor watches the owning process through an actor handle, so it needs no State API either.
   A run driven from the driver (``tune_app train``) needs none: Ray frees a job's placement
   groups when its driver exits.
+* **Warm workers between trials** (:mod:`tune_app.warm_workers`): a trial process that drives
+  one run after another starts each on the workers, placement group and synchronization actor
+  its previous run finished cleanly with, instead of new processes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.controller.state import AbortedState
 
 from .janitor import JanitorCallback
+from .warm_workers import WarmWorkerGroup
 
 log = logging.getLogger("tune_app.trainer")
 
@@ -44,7 +48,10 @@ class TrialStop:
     """Whether Tune has stopped the trial this process runs.
 
     Tune signals it through the trial session's stop event; a report in flight at that moment is
-    ended with ``SystemExit``, which also clears the event, so the reporter records it here.
+    ended with ``SystemExit``, which also clears the event, so the reporter records it here. A stop
+    that answers the run's final report (ASHA stops every trial at ``max_iter``) is recorded with
+    ``after_run=True``: the run is not aborted, it ends by itself right after (and its workers stay
+    warm for the next trial, :mod:`tune_app.warm_workers`).
     """
 
     def __init__(self):
@@ -53,12 +60,18 @@ class TrialStop:
         session = get_session()
         self._session_event = session.stop_event if session is not None else None
         self._reported = threading.Event()
+        self._after_run = threading.Event()
 
-    def set(self) -> None:
-        self._reported.set()
+    def set(self, after_run: bool = False) -> None:
+        (self._after_run if after_run else self._reported).set()
 
     def is_set(self) -> bool:
+        """Stop now: abort the run."""
         return self._reported.is_set() or (self._session_event is not None and self._session_event.is_set())
+
+    def stopped(self) -> bool:
+        """Tune stopped the trial, now or after its final report."""
+        return self.is_set() or self._after_run.is_set()
 
 
 class TorchTrainer(_StockTorchTrainer):
@@ -79,9 +92,15 @@ class TorchTrainer(_StockTorchTrainer):
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         if self._trial_stop is None:
             return super()._initialize_and_run_controller(**controller_init_kwargs)
-        controller = TrainController(**controller_init_kwargs)
+        controller = _TrialController(**controller_init_kwargs)
         asyncio.run(_run_until_stopped(controller, self._trial_stop))
         return controller.get_result()
+
+
+class _TrialController(TrainController):
+    """The Train controller of a run inside a trial: its worker groups start on warm workers when it can."""
+
+    worker_group_cls = WarmWorkerGroup
 
 
 async def _run_until_stopped(controller: TrainController, stop: TrialStop, poll_s: float = 0.1) -> None:
