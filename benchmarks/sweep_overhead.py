@@ -4,13 +4,14 @@ Runs search_spaces/lr_grid.yaml (shortened with --steps) twice, each in its own 
 session, with the same train loop, data and trials:
 
 * "tune_app": `tune_app run` as shipped (tune_app.cluster.connect + run_sweep: the controller in
-  the trial's process, trial processes reused, one placement-group janitor per sweep, fast Train
+  the trial's process, trial processes and their DDP workers reused, one placement-group janitor per sweep, fast Train
   polling; see tune_app/trainer.py);
 * "stock": the pattern the issue measured: a plain ray.init with Ray's defaults, a Tune function
   trainable calling Ray's own TorchTrainer(...).fit() with TuneReportCallback, no actor reuse.
 
-Prints per-trial start-up (trial start -> first optimizer step; median, max) and sweep efficiency
-= sum of time in optimizer steps / (wall x trial slots).
+Prints per-trial start-up (trial start -> first optimizer step; median, max, and each trial's in
+start order: the first wave starts cold, later trials of tune_app on warm workers) and sweep
+efficiency = sum of time in optimizer steps / (wall x trial slots).
 
     python benchmarks/sweep_overhead.py [--steps 60] [--workers 1] [--modes tune_app,stock]
 """
@@ -101,14 +102,16 @@ def measure(mode: str, steps: int, workers: int, storage: str) -> dict:
         e = json.loads(line)
         if e["event"] == "start":
             starts.setdefault(e["trial_id"], e["time"])
-    startup, setup, step_time = [], [], 0.0
+    startup, setup, step_time = {}, [], 0.0
     for result in run_dir.glob("*/result.json"):
         records = [json.loads(x) for x in result.read_text().splitlines()]
         final = [r for r in records if "first_step_at" in r][-1]
-        startup.append(final["first_step_at"] - starts[final["trial_id"]])
+        startup[final["trial_id"]] = final["first_step_at"] - starts[final["trial_id"]]
         setup.append(final["setup_s"])
         step_time += final["step_time_s"]
-    return {"mode": mode, "trials": len(startup), "startup_median": statistics.median(startup),
+    each = [startup[t] for t in sorted(startup, key=starts.get)]       # in the order the trials started
+    startup = list(startup.values())
+    return {"mode": mode, "trials": len(startup), "startup_each": each, "startup_median": statistics.median(startup),
             "startup_max": max(startup), "loop_setup_median": statistics.median(setup), "wall": wall, "slots": slots,
             "step_time": step_time, "efficiency": step_time / (wall * slots)}
 
@@ -139,6 +142,8 @@ def main() -> None:
     for r in results.values():
         print(f"{r['mode']:10} {r['startup_median']:15.2f}s {r['startup_max']:12.2f}s {r['loop_setup_median']:13.2f}s {r['wall']:8.1f} {r['slots']:6d} "
               f"{r['step_time']:7.1f} {r['efficiency']:11.3f}")
+    for r in results.values():
+        print(f"{r['mode']:10} start-up of each trial, in start order: {' '.join(f'{x:.2f}s' for x in r['startup_each'])}")
     if {"tune_app", "stock"} <= results.keys():
         a, b = results["tune_app"], results["stock"]
         print(f"start-up ratio (stock / tune_app, median): {b['startup_median'] / a['startup_median']:.2f}x; "
