@@ -80,8 +80,15 @@ class PlacementGroupJanitor:
 
 
 def start_janitor(name: str):
-    """The sweep's janitor (created here, owned by the sweep driver, so it ends with the sweep)."""
-    return PlacementGroupJanitor.options(name=name, get_if_exists=True).remote()
+    """The sweep's janitor (created here, owned by the sweep driver, so it ends with the sweep).
+
+    It lives on the driver's node: a 0-CPU actor could otherwise land on any node, and losing
+    that node would take the janitor with it, just when dead trial processes leave groups behind.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return PlacementGroupJanitor.options(name=name, get_if_exists=True, scheduling_strategy=here).remote()
 
 
 class JanitorCallback(ControllerCallback, WorkerGroupCallback):
