@@ -80,7 +80,7 @@ class WarmPool:
         self._lock = threading.Lock()
         self._kept: Kept | None = None
         self._timer: threading.Timer | None = None
-        self.reused = 0            # runs started on kept workers (tests and logs read it)
+        self.reused = 0            # runs started on kept workers (tests read it)
 
     def keep(self, kept: Kept) -> None:
         with self._lock:
@@ -101,13 +101,6 @@ class WarmPool:
             return None
         self.reused += 1
         return kept
-
-    def clear(self) -> None:
-        with self._lock:
-            kept, self._kept = self._kept, None
-            self._restart_timer(None)
-        if kept is not None:
-            kept.release()
 
     def _restart_timer(self, kept: Kept | None) -> None:
         if self._timer is not None:
