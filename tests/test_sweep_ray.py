@@ -156,6 +156,42 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert "best:" in resumed.stdout
 
 
+def _quick_trial(config):
+    from ray import tune
+
+    for step in range(3):
+        tune.report({"step": step, "x": config["x"]})
+
+
+def test_tune_state_on_storage_is_never_behind_a_trial_transition(ray_local, tmp_path):
+    """tune_app.tune_state: after every controller step the experiment state on storage (what ``status``
+    reads and ``resume`` restores) lists every trial with its current status; Tune alone saves it at most
+    every 10 s, so quick trials were missing from it or still RUNNING there after they finished."""
+    from ray import tune
+
+    from tune_app.results import _latest_state_file, _trial_entries
+    from tune_app.tune_state import durable_state
+
+    seen = []
+
+    class CompareWithStorage(tune.Callback):
+        def on_step_end(self, iteration, trials, **info):
+            state_file = _latest_state_file(tmp_path / "quick")
+            on_storage = {e["trial_id"]: e["status"] for e in _trial_entries(state_file)} if state_file else {}
+            seen.append((on_storage, {t.trial_id: t.status for t in trials}))
+
+    tuner = tune.Tuner(_quick_trial, param_space={"x": tune.grid_search([1, 2, 3, 4])},
+                       tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
+                       run_config=tune.RunConfig(name="quick", storage_path=str(tmp_path), callbacks=[CompareWithStorage()]))
+    with durable_state():
+        results = tuner.fit()
+    assert len(results) == 4 and not results.errors
+    statuses = {s for _, memory in seen for s in memory.values()}
+    assert {"PENDING", "RUNNING", "TERMINATED"} <= statuses             # the transitions did happen in between
+    behind = [(disk, memory) for disk, memory in seen if disk != memory]
+    assert not behind, behind[:3]
+
+
 def test_janitor_frees_the_placement_group_of_a_killed_run_owner(ray_local):
     """A trial process killed mid-run (node loss, hard kill) leaves its workers' placement group to the job;
     the sweep's janitor removes it once the owner is dead, and leaves a live owner's alone."""

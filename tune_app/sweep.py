@@ -224,10 +224,12 @@ def _fit(tuner, run_dir: str) -> None:
     import ray
 
     from .janitor import start_janitor
+    from .tune_state import durable_state
 
     janitor = start_janitor(_janitor_name(run_dir.rsplit("/", 1)[1]))   # the handle keeps it alive
     try:
-        tuner.fit()
+        with durable_state():
+            tuner.fit()
     finally:
         # Trial processes keep a finished run's workers for their next trial (tune_app/warm_workers.py);
         # when the sweep is over nothing claims them, and a dead trial process cannot free them itself.
