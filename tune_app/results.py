@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,22 @@ def _latest_state_file(path: Path) -> Path | None:
     return files[-1] if files else None
 
 
+def _read_state(state_file: Path, tries: int = 10) -> dict[str, Any]:
+    """Tune's experiment state. Tune rewrites the file in place while a sweep runs, so a read can
+    catch it half written: then it is read again shortly."""
+    text = state_file.read_text()
+    for _ in range(tries):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            time.sleep(0.2)
+            text = state_file.read_text()
+    raise UserError(f"{state_file}: not a complete Tune experiment state; if no sweep is writing it, "
+                    "the run directory is damaged")
+
+
 def _trial_entries(state_file: Path) -> list[dict[str, Any]]:
-    data = json.loads(state_file.read_text())
+    data = _read_state(state_file)
     entries = []
     for item in data.get("trial_data", []):
         trial_json = item[0] if isinstance(item, (list, tuple)) else item
