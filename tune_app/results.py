@@ -113,15 +113,14 @@ def _latest_state_file(path: Path) -> Path | None:
 def _read_state(state_file: Path, tries: int = 10) -> dict[str, Any]:
     """Tune's experiment state. Tune rewrites the file in place while a sweep runs, so a read can
     catch it half written: then it is read again shortly."""
-    text = state_file.read_text()
-    for _ in range(tries):
+    for attempt in range(1, tries + 1):
         try:
-            return json.loads(text)
+            return json.loads(state_file.read_text())
         except json.JSONDecodeError:
+            if attempt == tries:
+                raise UserError(f"{state_file}: not a complete Tune experiment state; if no sweep is writing it, "
+                                "the run directory is damaged") from None
             time.sleep(0.2)
-            text = state_file.read_text()
-    raise UserError(f"{state_file}: not a complete Tune experiment state; if no sweep is writing it, "
-                    "the run directory is damaged")
 
 
 def _trial_entries(state_file: Path) -> list[dict[str, Any]]:

@@ -15,11 +15,12 @@ still applies (metrics only). :func:`durable_state` puts the class in ``ray.tune
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 from ray.tune import tune as _tune_module
 from ray.tune.execution.tune_controller import TuneController
+
+from .swap import swapped
 
 
 class DurableTuneController(TuneController):
@@ -39,11 +40,5 @@ class DurableTuneController(TuneController):
         super().checkpoint(force=force or changed, wait=wait or changed)
 
 
-@contextlib.contextmanager
-def durable_state() -> Iterator[None]:
-    real = _tune_module.TuneController
-    _tune_module.TuneController = DurableTuneController
-    try:
-        yield
-    finally:
-        _tune_module.TuneController = real
+def durable_state() -> AbstractContextManager:
+    return swapped(_tune_module, "TuneController", DurableTuneController)

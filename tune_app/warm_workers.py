@@ -35,6 +35,8 @@ from ray.train.v2._internal.execution.worker_group.state import WorkerGroupState
 from ray.train.v2._internal.execution.worker_group.worker import Worker
 from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
 
+from .swap import swapped
+
 log = logging.getLogger("tune_app.warm_workers")
 
 IDLE_S = 10.0           # Tune hands a kept trial process its next trial within ~1-3 s
@@ -180,12 +182,10 @@ class WarmWorkerGroup(WorkerGroup):
                 self._worker_cls, self._collective_timeout_s, self._collective_warn_interval_s)
 
     def _start_impl(self, worker_group_state_builder):
-        real = _wg_module.SynchronizationActor
-        _wg_module.SynchronizationActor = _SyncActorSource(self, real)
         try:
-            super()._start_impl(worker_group_state_builder)
+            with swapped(_wg_module, "SynchronizationActor", _SyncActorSource(self, _wg_module.SynchronizationActor)):
+                super()._start_impl(worker_group_state_builder)
         finally:
-            _wg_module.SynchronizationActor = real
             self.claimed = None
 
     def _create_placement_group(self, scaling_config, worker_group_context):
