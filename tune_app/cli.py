@@ -12,21 +12,51 @@ import shutil
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, as_user_error, find_user_error, mask_secrets
+
+
+def _int_at_least(low: int):
+    """An argparse type: an integer >= ``low`` (0 and negative values are values, checked, not "unset")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _int_at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return value
 
 
 def _add_connection_args(p: argparse.ArgumentParser, dashboard: bool = False) -> None:
     p.add_argument("--address", help="Ray cluster to join, e.g. auto or HOST:6379 (default: RAY_ADDRESS, else an embedded local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: ray.num_cpus, else all)")
-    p.add_argument("--wait-nodes", type=int, metavar="N", help="wait until N Ray nodes are alive before starting")
-    p.add_argument("--wait-timeout", type=float, default=600.0, metavar="S", help="give up waiting for nodes after S seconds (default 600)")
+    p.add_argument("--num-cpus", type=_int_at_least(1), help="CPUs of the embedded local Ray (default: ray.num_cpus, else all)")
+    p.add_argument("--wait-nodes", type=_int_at_least(1), metavar="N", help="wait until N Ray nodes are alive before starting")
+    p.add_argument("--wait-timeout", type=_positive_float, default=600.0, metavar="S", help="give up waiting for nodes after S seconds (default 600)")
     if dashboard:
         p.add_argument("--dashboard", action="store_true",
                        help="serve the embedded cluster's dashboard on --dashboard-host:--dashboard-port, print its URL, "
                             "and keep it up after the sweep until Ctrl-C")
         p.add_argument("--dashboard-host", default="127.0.0.1", help="interface for --dashboard (default 127.0.0.1; "
                        "0.0.0.0 exposes it to the network)")
-        p.add_argument("--dashboard-port", type=int, default=8265, help="port for --dashboard (default 8265)")
+        p.add_argument("--dashboard-port", type=_port, default=8265, help="port for --dashboard (default 8265)")
 
 
 def _connect(args: argparse.Namespace, num_cpus: int | None, storage: str | None = None):
@@ -67,54 +97,41 @@ def _hold_dashboard(args: argparse.Namespace, conn) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)                # a second Ctrl-C must not cut the shutdown short
 
 
-def _find_user_error(exc: BaseException | None) -> UserError | None:
-    """Ray wraps a worker's exception (its class derives from the original); find a UserError in the chain."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, UserError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from . import cluster, schedule, tracking
     from .config import load_config, save_config
     from .data import describe_source, ensure_data
+    from .train_dir import check_train_dir, claim_train_dir
     from .trainable import MetricsFileCallback, fit_run
 
     cfg = load_config(args.config, args.override)
-    ensure_data(cfg)
     out = Path(cfg.training.output_dir)
-    previous = out.is_dir() and any(out.glob("checkpoint_*"))
-    if previous and args.overwrite:
-        shutil.rmtree(out)
-    elif previous and not args.resume:
-        raise UserError(f"training.output_dir {out} already holds a run; pass --resume to continue it "
-                        "or --overwrite to start over (or choose another training.output_dir)")
+    resuming = check_train_dir(out, args.resume, args.overwrite)
     if warning := schedule.describe(cfg.training):
         print(f"warning: {warning}", file=sys.stderr)
     if cfg.mlflow.enabled:
         tracking.check_mlflow(tracking.mlflow_uri(cfg, out))
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    _check_address(args)
+    ensure_data(cfg)
     tracking.prepare_environment(cfg, out)
 
-    conn = _connect(args, args.num_cpus or cfg.ray.num_cpus, storage=str(out.parent))
+    conn = _connect(args, _first_set(args.num_cpus, cfg.ray.num_cpus), storage=str(out.parent))
     need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
     if need > conn.num_cpus:
+        cluster.shutdown()
         raise UserError(f"ray.num_workers x ray.cpus_per_worker needs {need:g} CPUs but the Ray cluster has "
                         f"{conn.num_cpus:g}; lower them or add CPUs")
+    claim_train_dir(out, args.overwrite)
+    save_config(cfg, out / "config.yaml")
     print(f"tune_app train: {describe_source(cfg)}, {cfg.ray.num_workers} DDP worker(s), "
           f"{cfg.training.steps} steps -> {out}", flush=True)
-    if previous and args.resume:
-        print(f"tune_app train: resuming the run in {out} from its latest checkpoint", flush=True)
+    if resuming:
+        print(f"tune_app train: resuming the run in {out} from its latest complete checkpoint", flush=True)
     try:
         result = fit_run(cfg, out.parent, out.name, conn.num_gpus, progress=True,
                          callbacks=[MetricsFileCallback(out / "metrics.jsonl"), *tracking.train_callbacks(cfg, out)])
     except Exception as exc:  # noqa: BLE001 - a user's mistake inside a worker still gets one line
-        if (user := _find_user_error(exc)) is not None:
+        if (user := find_user_error(exc)) is not None:
             raise user from None
         raise
     finally:
@@ -131,26 +148,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import cluster, tracking
-    from .data import ensure_data
+    from .data import check_batches_fit, ensure_data
+    from .evaluate import check_device
     from .search_space import load_sweep
-    from .sweep import prepare_run_dir, run_dir_for, run_sweep, sweep_exists
+    from .sweep import check_run_dir, run_dir_for, run_sweep, sweep_exists
 
     sweep = load_sweep(args.space, overrides=args.override, name=args.name, storage_path=args.storage,
                        max_concurrent=args.max_concurrent)
     if sweep.base.mlflow.enabled:
         tracking.check_mlflow(tracking.mlflow_uri(sweep.base, "."))
-    ensure_data(sweep.base)
+    _check_address(args)
     if args.resume_existing and sweep_exists(run_dir_for(sweep)):
         # A rescheduled job (OSMO, a preempted node) picks up where it stopped instead of starting over.
         print(f"tune_app run: sweep '{sweep.name}' exists in {run_dir_for(sweep)}; resuming it", flush=True)
         args.run_dir = run_dir_for(sweep)
-        args.num_cpus = args.num_cpus or sweep.base.ray.num_cpus
+        args.num_cpus = _first_set(args.num_cpus, sweep.base.ray.num_cpus)
         return cmd_resume(args)
-    run_dir = prepare_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
+    run_dir = check_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
+    if args.eval_best:
+        check_device(args.eval_device)
+    ensure_data(sweep.base)
+    check_batches_fit(sweep.trial_configs())
     tracking.prepare_environment(sweep.base, run_dir)
     try:
-        conn = _connect(args, args.num_cpus or sweep.base.ray.num_cpus, storage=run_dir.rsplit("/", 1)[0])
-        summary = run_sweep(sweep, conn, run_dir=run_dir, max_failures=args.max_failures)
+        conn = _connect(args, _first_set(args.num_cpus, sweep.base.ray.num_cpus), storage=run_dir.rsplit("/", 1)[0])
+        summary = run_sweep(sweep, conn, overwrite=args.overwrite, max_failures=args.max_failures)
         _hold_dashboard(args, conn)
     finally:
         cluster.shutdown()
@@ -159,6 +181,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         run_eval(str(Path(run_dir) / "best"), None, [], args.eval_device, str(Path(run_dir) / "best_eval.csv"))
     return _sweep_exit_code(summary)
+
+
+def _first_set(*values):
+    """The first value that is not None (0 is a value, not "unset")."""
+    return next((v for v in values if v is not None), None)
+
+
+def _check_address(args: argparse.Namespace) -> None:
+    from .checks import check_reachable
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address, "--address" if args.address else "RAY_ADDRESS")
 
 
 def _sweep_exit_code(summary: dict) -> int:
@@ -170,17 +205,16 @@ def _sweep_exit_code(summary: dict) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from . import cluster, tracking
-    from .config import build_config
-    from .sweep import resume_sweep
-    from .yamlio import load_yaml
+    from .checks import is_uri
+    from .sweep import load_resumable, resume_sweep
 
-    base_file = Path(args.run_dir) / "base_config.yaml"
-    if base_file.is_file():
-        tracking.prepare_environment(build_config(load_yaml(base_file)), args.run_dir)
-    local = "://" not in args.run_dir or args.run_dir.startswith("file://")
+    sweep = load_resumable(args.run_dir)          # before Ray starts: is it a sweep at all?
+    _check_address(args)
+    tracking.prepare_environment(sweep.base, sweep.run_dir)
+    storage = sweep.run_dir.rsplit("/", 1)[0]
     try:
-        conn = _connect(args, args.num_cpus, storage=str(Path(args.run_dir).resolve().parent) if local else args.run_dir.rsplit("/", 1)[0])
-        summary = resume_sweep(args.run_dir, conn)
+        conn = _connect(args, args.num_cpus, storage=storage if is_uri(storage) else str(Path(storage).resolve()))
+        summary = resume_sweep(sweep, conn)
     finally:
         cluster.shutdown()
     return _sweep_exit_code(summary)
@@ -285,17 +319,30 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_demo(args: argparse.Namespace) -> int:
+    from .checks import check_writable_dir
     from .config import load_config
-    from .data.demo import make_demo
 
     # Without a config: default topics and joints (the original trainer's) at act_tiny's image size.
     defaults = ["conventions.image_resize=[48, 64]", "data.camera_topic=/camera/camera/color/image_raw"]
     cfg = load_config(args.config, args.override if args.config else [*defaults, *args.override])
     out = Path(args.out_dir)
+    check_writable_dir(out, "data demo:")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"data demo: {out} is not empty; choose a new folder")
+    created = not out.exists()
+    try:
+        return _write_demo(args, cfg, out)
+    except BaseException:
+        if created:                   # nothing half written: the folder this command made goes again
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_demo(args: argparse.Namespace, cfg, out: Path) -> int:
+    from .data.demo import make_demo
+
     h, w = cfg.conventions.image_resize
-    eps = make_demo(args.episodes or cfg.data.demo_episodes, cfg.data.demo_episode_len, (h, w),
+    eps = make_demo(_first_set(args.episodes, cfg.data.demo_episodes), cfg.data.demo_episode_len, (h, w),
                     state_dim=len(cfg.data.joint_names), num_cameras=len(cfg.data.camera_topics or [cfg.data.camera_topic]))
     if args.format == "lerobot":
         from .data.lerobot import write_lerobot_dataset
@@ -313,7 +360,7 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tune_app", description="Hyperparameter search for ACT policies on Ray Tune.")
+    parser = _Parser(prog="python -m tune_app", description="Hyperparameter search for ACT policies on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one configuration (a Ray Train TorchTrainer job)")
@@ -332,12 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="where runs live (default: ray.storage_path, else ./runs); a path or a URI")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="set a key of every trial's base config (repeatable)")
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
+    p.add_argument("--max-concurrent", type=_int_at_least(1), help="trials at once (default: as many as the cluster holds)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace an existing sweep of the same name")
     group.add_argument("--resume-existing", action="store_true", help="resume the sweep of the same name if there is one "
                        "(for jobs that a scheduler may restart), else start it")
-    p.add_argument("--max-failures", type=int, help="restarts of a failed trial from its last checkpoint "
+    p.add_argument("--max-failures", type=_int_at_least(-1), help="restarts of a failed trial from its last checkpoint "
                    "(default: 2 on a multi-node cluster, 0 on one node)")
     p.add_argument("--eval-best", action="store_true", help="evaluate the best checkpoint at the end (RUN_DIR/best_eval.csv/.json)")
     p.add_argument("--eval-device", default="cpu", help="device for --eval-best (default: cpu)")
@@ -380,10 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     osmo = sub.add_parser("osmo", help="render or validate NVIDIA OSMO workflow files").add_subparsers(dest="osmo_command", required=True)
     p = osmo.add_parser("render", help="print a complete OSMO workflow (osmo/ray-sweep.yaml) for a sweep")
     p.add_argument("space", help="search-space file inside this checkout, e.g. search_spaces/lr_grid.yaml")
-    p.add_argument("--workers", type=int, required=True, help="Ray worker nodes besides the head")
+    p.add_argument("--workers", type=_int_at_least(0), required=True, help="Ray worker nodes besides the head")
     p.add_argument("--image", help="container image built from the Dockerfile")
-    p.add_argument("--cpu", type=int, help="CPUs per node")
-    p.add_argument("--gpu", type=int, help="GPUs per node")
+    p.add_argument("--cpu", type=_int_at_least(1), help="CPUs per node")
+    p.add_argument("--gpu", type=_int_at_least(0), help="GPUs per node")
     p.add_argument("--memory", help="memory per node, e.g. 64Gi")
     p.add_argument("--storage", help="disk per node, e.g. 100Gi")
     p.add_argument("--storage-path", dest="storage_path", help="shared run directory: s3://bucket/path or an NFS mount")
@@ -408,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: as configs/act_tiny.yaml: the original joint topic and names, "
                    "/camera/camera/color/image_raw, images 48x64)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="set a config key (repeatable)")
-    p.add_argument("--episodes", type=int, help="number of episodes (default: data.demo_episodes)")
+    p.add_argument("--episodes", type=_int_at_least(1), help="number of episodes (default: data.demo_episodes)")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
     p.add_argument("--encoding", choices=["rgb8", "bgr8", "mono8", "16UC1", "32FC1", "png", "jpeg"], default="rgb8",
                    help="camera message encoding (png/jpeg: sensor_msgs/CompressedImage)")
@@ -417,13 +464,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (and exit code 2), like every other user mistake."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"tune_app: error: {exc}", file=sys.stderr)
-        return UserError.exit_code
     except KeyboardInterrupt:
         print("tune_app: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one error path: user mistakes become one line, bugs keep their traceback
+        user = as_user_error(exc)
+        if user is None:
+            raise
+        print(f"tune_app: error: {mask_secrets(str(user))}", file=sys.stderr)
+        return UserError.exit_code

@@ -336,7 +336,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
                 "model.latent_dim": m.latent_dim, "model.state_dim": m.state_dim, "model.action_dim": m.action_dim,
                 "training.batch_size": t.batch_size, "training.steps": t.steps, "training.log_freq": t.log_freq,
                 "training.eval_freq": t.eval_freq, "training.save_freq": t.save_freq,
-                "ray.num_workers": cfg.ray.num_workers, "data.fps": cfg.data.fps}
+                "ray.num_workers": cfg.ray.num_workers, "data.fps": cfg.data.fps,
+                "data.demo_episodes": cfg.data.demo_episodes, "data.demo_episode_len": cfg.data.demo_episode_len,
+                "model.dim_feedforward": m.dim_feedforward, "model.n_encoder_layers": m.n_encoder_layers,
+                "model.n_decoder_layers": m.n_decoder_layers}
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{source}: config key '{key}' must be > 0, got {value}")

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_writable_file
 from .config import load_config
 from .data import ChunkDataset, prepare
 from .errors import UserError
-from .policy.checkpoint import load_policy
+from .policy.checkpoint import load_policy, pretrained_dir
 
 
 @dataclass
@@ -150,10 +151,30 @@ def write_rows(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def check_device(device: str) -> None:
+    """``--device`` names a device torch knows and this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r}: not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: eval runs on cpu or cuda")
+
+
 def run_eval(checkpoint: str, data_config: str | None, overrides: list[str], device: str, output: str | None) -> EvalResult:
     """Evaluate, print the table, write per-frame values and ``<output>.json`` with the summary."""
+    check_device(device)
+    directory = pretrained_dir(checkpoint)
+    out = Path(output) if output else directory.parent / "eval" / "eval.csv"
+    if out.suffix not in (".csv", ".parquet"):
+        raise UserError(f"-o {out}: the per-frame file must end in .csv or .parquet")
+    check_writable_file(out, "-o")
+    check_writable_file(out.with_suffix(".json"), "-o")
+    if data_config:
+        load_config(data_config)
     result = evaluate(checkpoint, data_config, overrides, device=device)
-    out = Path(output) if output else Path(result.checkpoint).parent / "eval" / "eval.csv"
     write_rows(result.rows, out)
     out.with_suffix(".json").write_text(json.dumps(result.summary(), indent=1) + "\n")
     print(result.table())

@@ -17,6 +17,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from .checks import check_writable_file
 from .results import load_run
 
 CURVE_KEYS = ("step", "loss", "val_loss", "lr", "lr_backbone", "l1_loss", "kl_loss")
@@ -43,11 +44,17 @@ def render_html(data: dict) -> str:
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write the report (atomically); the run is read and the output place checked before any write."""
     out = Path(output) if output else Path(run_dir) / "report.html"
+    text = render_html(report_data(run_dir))
+    check_writable_file(out, "-o")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(render_html(report_data(run_dir)))
-    tmp.replace(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

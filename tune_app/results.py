@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .policy.manifest import complete_checkpoints
 from .search_space import trial_name
+from .yamlio import read_text
 
 
 @dataclass
@@ -137,9 +139,23 @@ def _trial_entries(state_file: Path) -> list[dict[str, Any]]:
 
 
 def _latest_checkpoint(run_dir: Path, trial_id: str) -> str | None:
-    ckpts = sorted((run_dir / "trials" / f"train-{trial_id}").glob("checkpoint_*"))
-    ckpts = [c for c in ckpts if (c / "pretrained_model" / "model.safetensors").is_file()]
+    ckpts = complete_checkpoints(run_dir / "trials" / f"train-{trial_id}")
     return str(ckpts[-1]) if ckpts else None
+
+
+SWEEP_META_KEYS = ("name", "metric", "mode", "parameters")
+
+
+def read_sweep_meta(meta_file: Path) -> dict[str, Any]:
+    """``sweep.json``, checked: a damaged file is one line naming it."""
+    try:
+        meta = json.loads(read_text(meta_file, "sweep file"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{meta_file}: not valid JSON ({exc.msg}, line {exc.lineno}); the run directory is damaged") from None
+    if not isinstance(meta, dict) or any(k not in meta for k in SWEEP_META_KEYS) or not isinstance(meta["parameters"], list):
+        raise UserError(f"{meta_file}: not a tune_app sweep file (it needs {', '.join(SWEEP_META_KEYS)}); "
+                        "the run directory is damaged")
+    return meta
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -148,7 +164,7 @@ def load_run(run_dir: str | Path) -> Run:
     meta_file = path / "sweep.json"
     if not meta_file.is_file():
         raise UserError(f"{run_dir}: not a tune_app sweep directory (no sweep.json); give the directory `run` printed, e.g. runs/lr_grid")
-    meta = json.loads(meta_file.read_text())
+    meta = read_sweep_meta(meta_file)
     trials: list[TrialRecord] = []
     state_file = _latest_state_file(path)
     for entry in (_trial_entries(state_file) if state_file else []):

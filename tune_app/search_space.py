@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checks import check_name
 from .config import HINTS, Config, build_config, check_value, closest_key, parse_override
 from .errors import UserError
 from .yamlio import load_yaml
@@ -68,6 +69,24 @@ class Sweep:
         if self.method != "grid":
             return self.num_samples
         return math.prod(len(s["values"]) for s in self.parameters.values() if "values" in s)
+
+    def trial_configs(self) -> list[Config]:
+        """Configs that bound the trials: the base, each swept value (or range end) alone, and the
+        largest batch with the most workers together (what data-size checks need)."""
+        def candidates(spec: dict[str, Any]) -> list[Any]:
+            if "values" in spec or "value" in spec:
+                return list(spec.get("values", [])) + ([spec["value"]] if "value" in spec else [])
+            return [v for v in (spec.get("min"), spec.get("max")) if isinstance(v, int) and spec["distribution"] == "int_uniform"]
+
+        base = self.base.to_dict()
+        configs = [self.base]
+        for key, spec in self.parameters.items():
+            configs += [build_config(base, source=str(self.source), overrides={key: v}) for v in candidates(spec)]
+        largest = {k: max(candidates(self.parameters[k])) for k in ("training.batch_size", "ray.num_workers")
+                   if k in self.parameters and candidates(self.parameters[k])}
+        if len(largest) == 2:
+            configs.append(build_config(base, source=str(self.source), overrides=largest))
+        return configs
 
     def scheduler(self):
         if not self.early_terminate:
@@ -287,8 +306,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, name: str |
     if mct is not None and (not isinstance(mct, int) or isinstance(mct, bool) or mct < 1):
         raise _fail(source, f"ray.max_concurrent_trials: must be a positive integer, got {mct!r}")
     sweep_name = name or ray_section.get("name") or raw.get("name") or source.stem
-    if not isinstance(sweep_name, str) or not sweep_name or "/" in sweep_name:
-        raise _fail(source, f"name: '{sweep_name}' must be a non-empty name without '/'")
+    check_name(sweep_name, "--name" if name else f"{source}: name")
     storage = storage_path or ray_section.get("storage_path")
     if storage and "://" not in str(storage) and not Path(str(storage)).is_absolute() and not storage_path:
         storage = str((source.parent / str(storage)).resolve())   # file paths are relative to the file

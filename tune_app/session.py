@@ -48,10 +48,22 @@ class RayTrainSession:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 
-    def latest_checkpoint(self) -> Callable[[], Any] | None:
-        """A context manager factory yielding the resume directory, or None for a fresh run."""
+    def resume_candidates(self) -> list[tuple[str, Callable[[], Any]]]:
+        """``(name, context manager factory yielding a local folder)`` for each checkpoint of this run,
+        newest first: the one Ray Train restores, then the older ones beside it (the loop falls back
+        to them when the newest is incomplete)."""
+        import pyarrow.fs
+
         ckpt = self._train.get_checkpoint()
-        return ckpt.as_directory if ckpt else None
+        if ckpt is None:
+            return []
+        parent, name = ckpt.path.rstrip("/").rsplit("/", 1)
+        infos = ckpt.filesystem.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+        older = sorted((i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                        and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+        checkpoint = self._train.Checkpoint
+        return [(name, ckpt.as_directory)] + [
+            (n, checkpoint(f"{parent}/{n}", filesystem=ckpt.filesystem).as_directory) for n in older]
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
         if self.rank == 0:      # where rank 0 ran: `status`/results show how a sweep spread and reused workers
@@ -73,13 +85,11 @@ class LocalSession:
         self.checkpoints: list[Path] = []
         self._on_report = on_report
 
-    def latest_checkpoint(self):
-        existing = sorted(self.output_dir.glob("checkpoint_*"))
-        if not existing:
-            return None
+    def resume_candidates(self) -> list[tuple[str, Callable[[], Any]]]:
         from contextlib import nullcontext
 
-        return lambda: nullcontext(str(existing[-1]))
+        existing = sorted(self.output_dir.glob("checkpoint_*"), reverse=True)
+        return [(p.name, lambda p=p: nullcontext(str(p))) for p in existing]
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
         self.reports.append(dict(metrics))

@@ -15,12 +15,15 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .cluster import Connection
-from .config import build_config, save_config
-from .errors import UserError
+from .config import Config, build_config, save_config
+from .checks import check_writable_dir
+from .errors import UserError, find_user_error
+from .policy.manifest import is_complete_fs
 from .search_space import Sweep, trial_name
 from .yamlio import load_yaml
 
@@ -135,27 +138,51 @@ def sweep_exists(run_dir: str) -> bool:
     return _run_file_exists(run_dir, SWEEP_FILE) and _run_file_exists(run_dir, "tuner.pkl")
 
 
-def prepare_run_dir(sweep: Sweep, overwrite: bool) -> str:
-    """Claim ``<storage>/<name>``: refuse to mix with an earlier sweep unless told to overwrite."""
+def check_run_dir(sweep: Sweep, overwrite: bool) -> str:
+    """Where the sweep will live, checked without writing: writable, and either free or (with
+    ``overwrite``) an earlier tune_app sweep. Returns the run directory."""
     run_dir = run_dir_for(sweep)
     if _is_local(run_dir):
         path = Path(run_dir.removeprefix("file://"))
+        check_writable_dir(path, "--storage")
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; tune_app does not write through it. Pick another --name or --storage")
         if path.exists() and any(path.iterdir()):
+            if not _is_tune_app_run(run_dir):
+                raise UserError(f"{path} exists and is not a tune_app sweep (no valid {SWEEP_FILE}); tune_app will not "
+                                "write into or delete it. Pick another --name or --storage")
             if not overwrite:
                 raise UserError(f"{path} already holds a sweep named '{sweep.name}'; continue it with "
                                 f"`python -m tune_app resume {path}` (or run --resume-existing), start over with --overwrite, "
                                 "or pick another --name")
+    elif _run_file_exists(run_dir, SWEEP_FILE) and not overwrite:
+        raise UserError(f"{run_dir} already holds a sweep named '{sweep.name}'; continue it with `python -m tune_app resume "
+                        f"{run_dir}` (or run --resume-existing), start over with --overwrite, or pick another --name")
+    return run_dir
+
+
+def _is_tune_app_run(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a ``sweep.json`` that tune_app wrote (the run's marker)."""
+    try:
+        meta = json.loads(_read_run_file(run_dir, SWEEP_FILE) or "null")
+    except (ValueError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(meta, dict) and meta.get("name") == run_dir.rstrip("/").rsplit("/", 1)[-1] and "parameters" in meta
+
+
+def claim_run_dir(run_dir: str, overwrite: bool) -> None:
+    """Make the run directory, deleting an earlier sweep there first when ``overwrite`` (only a
+    folder that :func:`check_run_dir` found to be a tune_app sweep, directly below the storage root)."""
+    if _is_local(run_dir):
+        path = Path(run_dir.removeprefix("file://"))
+        if overwrite and path.is_dir() and not path.is_symlink() and _is_tune_app_run(run_dir):
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
-    elif _run_file_exists(run_dir, SWEEP_FILE):
-        if not overwrite:
-            raise UserError(f"{run_dir} already holds a sweep named '{sweep.name}'; continue it with `python -m tune_app resume "
-                            f"{run_dir}` (or run --resume-existing), start over with --overwrite, or pick another --name")
+    elif overwrite and _is_tune_app_run(run_dir):
         from . import storage
 
         fs, root = storage.split(run_dir)
         fs.delete_dir(root)
-    return run_dir
 
 
 def _write_sweep_files(run_dir: str, sweep: Sweep) -> dict[str, Any]:
@@ -219,7 +246,7 @@ def _janitor_name(sweep_name: str) -> str:
     return f"tune_app-janitor-{sweep_name}"
 
 
-def _fit(tuner, run_dir: str) -> None:
+def _fit(tuner, run_dir: str):
     """``tuner.fit()`` with the sweep's placement-group janitor (tune_app/janitor.py) alive around it."""
     import ray
 
@@ -229,7 +256,7 @@ def _fit(tuner, run_dir: str) -> None:
     janitor = start_janitor(_janitor_name(run_dir.rsplit("/", 1)[1]))   # the handle keeps it alive
     try:
         with durable_state():
-            tuner.fit()
+            return tuner.fit()
     finally:
         # Trial processes keep a finished run's workers for their next trial (tune_app/warm_workers.py);
         # when the sweep is over nothing claims them, and a dead trial process cannot free them itself.
@@ -246,37 +273,74 @@ def default_max_failures() -> int:
     return 2 if len(alive_nodes()) > 1 else 0
 
 
-def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, run_dir: str | None = None,
-              max_failures: int | None = None) -> dict[str, Any]:
+def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, max_failures: int | None = None) -> dict[str, Any]:
     """Run ``sweep`` to the end on the connected cluster; returns the summary it writes.
 
-    ``run_dir`` is the directory :func:`prepare_run_dir` claimed (claimed here when not given).
-    ``max_failures``: restarts per trial after a failure (default :func:`default_max_failures`).
+    Everything is checked (run directory, trial size against the cluster) before the run
+    directory is claimed and written. ``max_failures``: restarts per trial after a failure
+    (default :func:`default_max_failures`).
     """
-    run_dir = run_dir or prepare_run_dir(sweep, overwrite)
-    meta = _write_sweep_files(run_dir, sweep)
+    run_dir = check_run_dir(sweep, overwrite)
     concurrency = sweep.max_concurrent_trials or default_concurrency(sweep, conn)
+    retries = default_max_failures() if max_failures is None else max_failures
+    claim_run_dir(run_dir, overwrite)
+    meta = _write_sweep_files(run_dir, sweep)
     print(f"tune_app run: sweep '{sweep.name}' ({sweep.method}, {sweep.grid_size()} trial(s), up to {concurrency} at once, "
           f"{sweep.base.ray.num_workers} DDP worker(s) each) -> {run_dir}", flush=True)
-    retries = default_max_failures() if max_failures is None else max_failures
-    _fit(_tuner(meta, sweep.base, run_dir, conn, concurrency, sweep, retries), run_dir)
-    return finish(run_dir)
+    results = _fit(_tuner(meta, sweep.base, run_dir, conn, concurrency, sweep, retries), run_dir)
+    return _finish_or_explain(run_dir, results)
 
 
-def resume_sweep(run_dir: str, conn: Connection) -> dict[str, Any]:
-    """Continue an interrupted sweep (a local directory or a bucket URI): finished trials are kept,
-    unfinished ones resume from their checkpoints."""
+def _finish_or_explain(run_dir: str, results) -> dict[str, Any]:
+    """:func:`finish`, then: when no trial produced the metric because of a user mistake raised inside
+    the trials (a value only a worker could check), that mistake as one line."""
+    summary = finish(run_dir)
+    if not summary.get("best_trial") and results is not None:
+        for error in getattr(results, "errors", None) or []:
+            if (user := find_user_error(error)) is not None:
+                raise UserError(f"every trial failed: {user}")
+    return summary
+
+
+@dataclass
+class Resumable:
+    """A sweep directory checked for ``resume``: its sweep file and base config read and valid."""
+
+    run_dir: str
+    meta: dict[str, Any]
+    base: Config
+
+
+def load_resumable(run_dir: str) -> Resumable:
+    """Check (without Ray and without writing) that ``run_dir`` is a sweep ``resume`` can continue."""
     import yaml
 
     run_dir = str(Path(run_dir).resolve()) if _is_local(run_dir) else run_dir.rstrip("/")
+    if _is_local(run_dir) and not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: no such sweep directory; give the directory `run` printed, e.g. runs/lr_grid")
     if not sweep_exists(run_dir):
         raise UserError(f"{run_dir}: not a tune_app sweep directory (no {SWEEP_FILE} and tuner.pkl); "
                         "give the directory `run` printed, e.g. runs/lr_grid")
-    meta = json.loads(_read_run_file(run_dir, SWEEP_FILE))
-    base = build_config(yaml.safe_load(_read_run_file(run_dir, "base_config.yaml")), source=f"{run_dir}/base_config.yaml")
-    print(f"tune_app resume: sweep '{meta['name']}' in {run_dir}", flush=True)
-    _fit(_tuner(meta, base, run_dir, conn, 0), run_dir)
-    return finish(run_dir)
+    if _is_local(run_dir):
+        check_writable_dir(run_dir, "resume")
+    source = f"{run_dir}/{SWEEP_FILE}"
+    try:
+        meta = json.loads(_read_run_file(run_dir, SWEEP_FILE) or "null")
+        base_raw = yaml.safe_load(_read_run_file(run_dir, "base_config.yaml") or "null")
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{source}: damaged sweep files ({type(exc).__name__}); the run directory cannot be resumed") from None
+    if not isinstance(meta, dict) or not all(k in meta for k in ("name", "metric", "parameters", "total_steps")):
+        raise UserError(f"{source}: not a tune_app sweep file; the run directory cannot be resumed")
+    if not isinstance(base_raw, dict):
+        raise UserError(f"{run_dir}/base_config.yaml: missing or not a config; the run directory cannot be resumed")
+    return Resumable(run_dir, meta, build_config(base_raw, source=f"{run_dir}/base_config.yaml"))
+
+
+def resume_sweep(sweep: Resumable, conn: Connection) -> dict[str, Any]:
+    """Continue an interrupted sweep (a local directory or a bucket URI): finished trials are kept,
+    unfinished ones resume from their checkpoints."""
+    print(f"tune_app resume: sweep '{sweep.meta['name']}' in {sweep.run_dir}", flush=True)
+    return _finish_or_explain(sweep.run_dir, _fit(_tuner(sweep.meta, sweep.base, sweep.run_dir, conn, 0), sweep.run_dir))
 
 
 def finish(run_dir: str, fs=None) -> dict[str, Any]:
@@ -305,8 +369,10 @@ def finish(run_dir: str, fs=None) -> dict[str, Any]:
         save_config(cfg, local / "best_config.yaml")
         dest = local / "best"
         shutil.rmtree(dest, ignore_errors=True)
-        if remote_root is not None and checkpoints.get(f"trials/train-{best.trial_id}"):
-            latest = checkpoints[f"trials/train-{best.trial_id}"][-1]
+        complete = [c for c in checkpoints.get(f"trials/train-{best.trial_id}", []) if remote_root is not None
+                    and is_complete_fs(fs, f"{remote_root.rstrip('/')}/{c}")]
+        if complete:
+            latest = complete[-1]
             storage.download_dir(fs, f"{remote_root.rstrip('/')}/{latest}", dest)
             best.checkpoint = f"{run_dir.rstrip('/')}/{latest}"
         elif best.checkpoint:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import pickle
 import random
 import tempfile
 import time
@@ -39,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
@@ -47,6 +50,7 @@ from .data import ChunkDataset, prepare
 from .errors import UserError
 from .policy.act import ACTPolicy, act_loss
 from .policy.checkpoint import load_training_state, save_pretrained, save_training_state
+from .policy.manifest import is_complete, write_manifest
 from .schedule import build_scheduler
 
 # DDP warns once per process that the 1x1 projection's gradient layout differs from its bucket
@@ -104,15 +108,22 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG streams as tensors and plain numbers (loadable with ``weights_only=True``)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -251,13 +262,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
     model = ACTPolicy(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, t)
-    start_step = 0
-    resume = session.latest_checkpoint()
-    if resume is not None:
-        with resume() as ckpt_dir:
-            start_step = _restore(ckpt_dir, model, optimizer, scheduler, stream, rank, world)
-    if start_step and progress and rank == 0:
-        print(f"resumed from checkpoint at step {start_step}", flush=True)
+    start_step = _resume(session, model, optimizer, scheduler, stream, progress and rank == 0)
     ddp = DistributedDataParallel(model) if world > 1 else model   # broadcasts rank 0's weights
     use_bf16 = t.precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -335,14 +340,39 @@ def _report(session, metrics, step, save, model, optimizer, scheduler, stream, p
         save_training_state(tmp, {"step": step, "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "epoch": stream.epoch,
                                   "batch": stream.batch, "rng": rngs, "world_size": session.world_size})
+        write_manifest(tmp)
         session.report(metrics, tmp, step)
 
 
-def _restore(ckpt_dir: str, model, optimizer, scheduler, stream: BatchStream, rank: int, world: int) -> int:
-    from safetensors.torch import load_file
+def _resume(session, model, optimizer, scheduler, stream: BatchStream, say: bool) -> int:
+    """Restore the newest complete checkpoint the session offers; returns its step (0: a fresh start).
 
-    model.load_state_dict(load_file(f"{ckpt_dir}/pretrained_model/model.safetensors"))
-    state = load_training_state(ckpt_dir)
+    A checkpoint that is incomplete (no manifest, a file missing or cut short) or unreadable is
+    skipped for the one before it, and the choice is printed."""
+    skipped = []
+    for name, opened in session.resume_candidates():
+        with opened() as ckpt_dir:
+            if not is_complete(ckpt_dir):
+                skipped.append(name)
+                continue
+            try:
+                weights = load_file(f"{ckpt_dir}/pretrained_model/model.safetensors")
+                state = load_training_state(ckpt_dir)
+            except (OSError, SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+                skipped.append(f"{name} ({type(exc).__name__})")
+                continue
+            step = _restore(weights, state, model, optimizer, scheduler, stream, session.rank, session.world_size)
+            if say:
+                extra = f"; skipped incomplete or unreadable {', '.join(skipped)}" if skipped else ""
+                print(f"resumed from checkpoint {name} at step {step}{extra}", flush=True)
+            return step
+    if skipped and say:
+        print(f"no complete checkpoint to resume from (skipped {', '.join(skipped)}); starting at step 0", flush=True)
+    return 0
+
+
+def _restore(weights, state, model, optimizer, scheduler, stream: BatchStream, rank: int, world: int) -> int:
+    model.load_state_dict(weights)
     if state is None:
         return 0
     optimizer.load_state_dict(state["optimizer"])

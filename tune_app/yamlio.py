@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, os_error_message
 
 
 class _Loader(yaml.SafeLoader):
@@ -38,18 +38,34 @@ def parse_scalar(text: str) -> Any:
         return text
 
 
-def load_yaml(path: str | Path, what: str = "file") -> dict:
-    """Read a YAML mapping; a missing file, bad syntax or a non-mapping is a :class:`UserError`."""
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A text file's content; missing, unreadable or not UTF-8 is a :class:`UserError` naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give the {what} itself")
     if not path.is_file():
         raise UserError(f"{path}: {what} not found (check the path)")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file; give the {what} as text") from None
+    except OSError as exc:
+        raise UserError(os_error_message(exc, str(path))) from None
+
+
+def load_yaml(path: str | Path, what: str = "file") -> dict:
+    """Read a YAML mapping; a missing file, bad syntax or a non-mapping is a :class:`UserError`."""
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{path}:{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..config import Config
 from ..errors import UserError
 from .dataset import ChunkDataset, NormStats, compute_stats
@@ -61,6 +63,29 @@ def check_dims(eps: EpisodeSet, cfg: Config) -> None:
     if eps.states.shape[1] != cfg.model.state_dim or eps.actions.shape[1] != cfg.model.action_dim:
         raise UserError(f"{eps.source}: data has state dim {eps.states.shape[1]} and action dim {eps.actions.shape[1]} "
                         f"but model.state_dim/action_dim are {cfg.model.state_dim}/{cfg.model.action_dim}; set them to match")
+
+
+def train_samples(cfg: Config) -> int:
+    """Training samples (frames of the training episodes) the config's data gives, without images."""
+    if cfg.data.bag_dir or cfg.data.lerobot_root:
+        from .sources import prepare_cache
+
+        lengths = prepare_cache(cfg, log=lambda m: None)[0].episode_lengths()
+    else:
+        lengths = np.full(cfg.data.demo_episodes, cfg.data.demo_episode_len)
+    train_ids, _ = split_episodes(len(lengths), cfg.data.val_fraction, cfg.training.seed)
+    return int(np.asarray(lengths)[train_ids].sum())
+
+
+def check_batches_fit(configs: list[Config]) -> None:
+    """Every config's ``training.batch_size x ray.num_workers`` fits its training samples (checked
+    before Ray starts: inside a worker the same mistake would surface only as a failed trial)."""
+    for cfg in configs:
+        need = cfg.training.batch_size * cfg.ray.num_workers
+        have = train_samples(cfg)
+        if need > have:
+            raise UserError(f"training.batch_size ({cfg.training.batch_size}) x ray.num_workers ({cfg.ray.num_workers}) "
+                            f"is larger than the {have} training samples of {describe_source(cfg)}; lower the batch size")
 
 
 @dataclass

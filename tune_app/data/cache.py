@@ -17,6 +17,8 @@ normalisation statistics for any train/val split cost nothing and never touch th
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from ..checks import check_free_space, check_writable_dir
 from .episodes import EpisodeSet
 
 FORMAT_VERSION = 1
@@ -77,11 +80,12 @@ class CacheWriter:
         self.layout = layout
         self.episode_ends = ends
         self.episode_starts = ends - np.asarray(layout.episode_lengths, dtype=np.int64)
-        open_mm = np.lib.format.open_memmap
-        self.states = open_mm(folder / "states.npy", mode="w+", dtype=np.float32, shape=(n, layout.state_dim))
-        self.actions = open_mm(folder / "actions.npy", mode="w+", dtype=np.float32, shape=(n, layout.action_dim))
-        self.images = open_mm(folder / "images.npy", mode="w+", dtype=np.uint8,
-                              shape=(n, layout.cameras, layout.height, layout.width, 3))
+        shapes = {"states": ((n, layout.state_dim), np.float32), "actions": ((n, layout.action_dim), np.float32),
+                  "images": ((n, layout.cameras, layout.height, layout.width, 3), np.uint8)}
+        need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+        check_free_space(folder, need + (1 << 20), "data.cache_dir")
+        for name, (shape, dtype) in shapes.items():
+            setattr(self, name, _reserved_memmap(folder / f"{name}.npy", shape, dtype))
 
     def finish(self, source: str, extra: dict | None = None) -> None:
         moments = image_moments(self.images, self.episode_starts, self.episode_ends)
@@ -93,6 +97,20 @@ class CacheWriter:
         meta = {"version": FORMAT_VERSION, "source": source, "frames": int(len(self.states)),
                 "episodes": len(self.episode_starts), "created": time.time(), **(extra or {})}
         (self.folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _reserved_memmap(path: Path, shape: tuple, dtype) -> np.memmap:
+    """A writable ``.npy`` memory map whose disk blocks are allocated up front: a disk that fills up
+    fails here with ENOSPC (one line) instead of killing the process with SIGBUS mid-decode."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):   # a file system without fallocate
+                    raise
+    return arr
 
 
 def image_moments(images: np.ndarray, starts: np.ndarray, ends: np.ndarray, block_values: int = 2**22) -> np.ndarray:
@@ -128,6 +146,8 @@ def load_or_build(root: Path, key: str, build: Callable[[Path], None], log=print
     final = root / key
     if is_complete(final):
         return open_cache(final), False
+    check_writable_dir(root, "data.cache_dir")
+    created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / f"{key}.lock"))
     try:
@@ -144,11 +164,19 @@ def load_or_build(root: Path, key: str, build: Callable[[Path], None], log=print
         tmp.mkdir()
         try:
             build(tmp)
-            if final.exists():       # an incomplete folder from an older version: replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            if is_complete(final):   # built meanwhile by a process that took a newer lock file
+                shutil.rmtree(tmp)
+            else:
+                if final.exists():   # an incomplete folder from an older version: replace it
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
         except BaseException:
+            # Leave nothing behind: neither the half-built folder nor the lock file of a build that failed.
             shutil.rmtree(tmp, ignore_errors=True)
+            Path(lock.lock_file).unlink(missing_ok=True)
+            if created_root:
+                with contextlib.suppress(OSError):
+                    root.rmdir()
             raise
     finally:
         lock.release()

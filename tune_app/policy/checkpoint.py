@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import Config, config_from_dict
 from ..data.dataset import NormStats
 from ..errors import UserError
+from ..yamlio import read_text
 from .act import ACTPolicy
 
 PRETRAINED = "pretrained_model"
@@ -105,10 +107,12 @@ def load_training_state(directory: str | Path) -> dict[str, Any] | None:
     path = Path(directory) / TRAINING_STATE / "state.pt"
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a run directory may be shared (NFS, a bucket); unpickling arbitrary objects from it
+    # would run whatever code someone who can write there put in.
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _pretrained_dir(path: str | Path) -> Path:
+def pretrained_dir(path: str | Path) -> Path:
     path = Path(path)
     for candidate in (path, path / PRETRAINED):
         if (candidate / "model.safetensors").is_file() and (candidate / "train_config.json").is_file():
@@ -146,12 +150,36 @@ class LoadedPolicy:
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> LoadedPolicy:
-    """Load ``pretrained_model/`` (or a checkpoint directory holding it) into an eval-mode policy."""
-    directory = _pretrained_dir(path)
-    cfg = config_from_dict(json.loads((directory / "train_config.json").read_text()), source=str(directory / "train_config.json"))
+    """Load ``pretrained_model/`` (or a checkpoint directory holding it) into an eval-mode policy.
+
+    A damaged checkpoint (a truncated safetensors file, an unreadable config) is a :class:`UserError`
+    naming the file."""
+    directory = pretrained_dir(path)
+    config_file = directory / "train_config.json"
+    try:
+        tree = json.loads(read_text(config_file, "checkpoint config"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{config_file}: not valid JSON ({exc.msg}); the checkpoint is damaged") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{config_file}: not a tune_app training config; the checkpoint is damaged")
+    cfg = config_from_dict(tree, source=str(config_file))
     cfg.model.pretrained_backbone = False   # the weights come from model.safetensors
     model = ACTPolicy(cfg.model)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    try:
+        model.load_state_dict(_load_tensors(directory / "model.safetensors"))
+    except RuntimeError as exc:
+        raise UserError(f"{directory / 'model.safetensors'}: the weights do not fit the model in train_config.json "
+                        f"({str(exc).splitlines()[0][:120]}); the checkpoint is damaged") from None
     model.to(device).eval()
-    stats = NormStats.from_named({k: v.numpy() for k, v in load_file(str(directory / PRE_STATS)).items()})
+    stats = NormStats.from_named({k: v.numpy() for k, v in _load_tensors(directory / PRE_STATS).items()})
     return LoadedPolicy(model, stats, cfg, directory)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; the checkpoint is incomplete") from None
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{path}: unreadable safetensors file ({str(exc).splitlines()[0][:120]}); "
+                        "the checkpoint is damaged or was cut short") from None
