@@ -24,6 +24,21 @@ if [ "$NUM_WORKERS" -gt 0 ] && [ -z "$STORAGE_PATH" ]; then
   exit 2
 fi
 
+# Token authentication: Ray's GCS and raylets listen on the pod network. The token comes from an OSMO
+# credential (the workflow's ray_credential) so workers can join; a head without workers makes its own.
+# RAY_AUTH_MODE=disabled turns authentication off (anyone on the network could then run code here).
+if [ "${RAY_AUTH_MODE:-token}" != "disabled" ]; then
+  if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+    if [ "$NUM_WORKERS" -gt 0 ]; then
+      echo "head.sh: RAY_AUTH_TOKEN is empty but NUM_WORKERS=$NUM_WORKERS: workers need the cluster's token;" \
+           "map an OSMO credential to RAY_AUTH_TOKEN in every task (see osmo/README.md)" >&2
+      exit 2
+    fi
+    RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
+  fi
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
+fi
+
 # The dashboard stays on 127.0.0.1: `osmo workflow port-forward WF head --port 8265` reaches it there.
 # shellcheck disable=SC2086
 ray start --head --port="$RAY_PORT" --dashboard-host=127.0.0.1 --disable-usage-stats $RAY_START_ARGS

@@ -12,6 +12,11 @@ set -uo pipefail
 : "${HEAD_HOST:?set HEAD_HOST to the address of the head node}"
 : "${RAY_PORT:=6379}" "${JOIN_RETRY_S:=5}" "${RAY_START_ARGS:=}"
 
+if [ "${RAY_AUTH_MODE:-token}" != "disabled" ]; then
+  : "${RAY_AUTH_TOKEN:?set RAY_AUTH_TOKEN to the cluster's token (an OSMO credential mapped into every task)}"
+  export RAY_AUTH_MODE=token
+fi
+
 # shellcheck disable=SC2086
 until ray start --address="$HEAD_HOST:$RAY_PORT" --block --disable-usage-stats $RAY_START_ARGS; do
   echo "worker.sh: could not join $HEAD_HOST:$RAY_PORT yet; retrying in $JOIN_RETRY_S s" >&2

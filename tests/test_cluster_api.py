@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -31,8 +32,9 @@ def space_in_checkout(name: str, steps: int = 20) -> str:
     return str(path)
 
 
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as r:
+def get_json(url: str, token: str | None = None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
         return json.load(r)
 
 
@@ -69,16 +71,29 @@ def test_dashboard_serves_the_sweep_while_it_runs(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(f"method: grid\nmetric: {{name: val_loss, goal: minimize}}\nbase_config: {TINY}\n"
                      "parameters:\n  training.lr: {values: [1.0e-4]}\noverrides:\n  training.steps: 200\n  data.demo_episodes: 12\n")
+    # The embedded cluster's own token authentication, as a user gets it (no RAY_AUTH_* of their own).
+    env = {k: v for k, v in ray_env(tmp).items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     proc = subprocess.Popen([sys.executable, "-m", "tune_app", "run", str(space), "--storage", str(tmp_path / "runs"), "--num-cpus", "2",
-                             "--dashboard", "--dashboard-port", str(port)], cwd=REPO, env=ray_env(tmp), start_new_session=True,
+                             "--dashboard", "--dashboard-port", str(port)], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
+    lines = []
     try:
+        for line in proc.stdout:                       # the printed URL names the file holding the cluster's token
+            lines.append(line)
+            if line.startswith("Ray dashboard:"):
+                break
+        token_file = line.split("paste the content of ", 1)[1].split(",", 1)[0]
+        token = open(token_file).read().strip()
+        assert oct(os.stat(token_file).st_mode & 0o777) == "0o600"
+        with pytest.raises(urllib.error.HTTPError) as refused:          # no token: refused
+            get_json(f"{base}/api/jobs/")
+        assert refused.value.code == 401
         expected = {"ImplicitFunc", "RayTrainWorker", "SynchronizationActor"}
         actors, classes, deadline = [], set(), time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             try:
-                actors = get_json(f"{base}/api/v0/actors?limit=200")["data"]["result"]["result"]
+                actors = get_json(f"{base}/api/v0/actors?limit=200", token)["data"]["result"]["result"]
             except OSError:
                 actors = []
             classes = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
@@ -87,21 +102,22 @@ def test_dashboard_serves_the_sweep_while_it_runs(tmp_path):
             time.sleep(1)
         # a trial's Train run, seen live: the trial's process (it hosts the Train controller) and its DDP workers
         assert expected <= classes, classes
-        jobs = get_json(f"{base}/api/jobs/")
+        jobs = get_json(f"{base}/api/jobs/", token)
         assert any(j["type"] == "DRIVER" and j["status"] == "RUNNING" for j in jobs)
         # bound to 127.0.0.1 only
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://{_other_ip()}:{port}/api/version", timeout=3)
-        lines = []
         for line in proc.stdout:                                                   # the sweep ends; the dashboard stays
             lines.append(line)
             if "the dashboard stays up at" in line:
                 break
-        assert get_json(f"{base}/api/version")["ray_version"]
+        assert get_json(f"{base}/api/version", token)["ray_version"]
         assert f"Ray dashboard: {base}" in "".join(lines)
         proc.send_signal(signal.SIGINT)                                            # Ctrl-C
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest[-2000:]
+        assert not os.path.exists(token_file)                                      # the token file goes with the cluster
+        assert "Traceback" not in "".join(lines) + rest
     finally:
         stop([str(tmp)], [proc], tmp)
 

@@ -30,10 +30,13 @@ pytestmark = pytest.mark.slow
 class LocalCluster:
     """Head (osmo/head.sh) + one worker node (osmo/worker.sh) on 127.0.0.1, isolated by RAY_TMPDIR."""
 
+    token = "multinode-test-token-0123456789abcdef"
+
     def __init__(self, space: Path, out: Path, storage: Path, sweep_name: str, extra_args: str = ""):
         self.tmp = short_tmp()
         self.port, self.dash, self.worker_port = free_port(), free_port(), free_port()
-        env = ray_env(self.tmp)
+        # Token authentication, as on OSMO: one token (an OSMO credential there) given to every node.
+        env = self.env = {**{k: v for k, v in ray_env(self.tmp).items() if k != "RAY_AUTH_MODE"}, "RAY_AUTH_TOKEN": self.token}
         common = "--node-ip-address=127.0.0.1 --num-cpus=1 --object-store-memory=100000000"
         self.worker = subprocess.Popen(
             ["bash", str(REPO / "osmo" / "worker.sh")], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -48,7 +51,8 @@ class LocalCluster:
 
     def nodes(self) -> list[dict]:
         url = f"http://127.0.0.1:{self.dash}/api/v0/nodes"
-        with urllib.request.urlopen(url, timeout=5) as r:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=5) as r:
             return json.load(r)["data"]["result"]["result"]
 
     def kill_worker_node(self) -> None:
@@ -88,7 +92,7 @@ def test_sweep_spreads_over_two_nodes_started_by_the_workflow_scripts(tmp_path):
         work = tmp_path / "elsewhere"
         work.mkdir()
         proc = subprocess.run([sys.executable, "-m", "tune_app", "run", str(tmp_path / "space.yaml"), "--address", f"127.0.0.1:{cluster.port}",
-                               "--storage", "/proc/self/cwd/runs_local"], cwd=work, env=ray_env(cluster.tmp),
+                               "--storage", "/proc/self/cwd/runs_local"], cwd=work, env={**cluster.env, "RAY_AUTH_MODE": "token"},
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and "is local to this node" in proc.stderr and "2-node cluster" in proc.stderr, proc.stderr[-2000:]
     finally:

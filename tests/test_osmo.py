@@ -140,9 +140,9 @@ def test_render_then_validate_round_trip(workers, tmp_path, capsys):
     assert head_env["OUTPUT_DIR"] == "{{output}}" and spec["resources"]["default"]["gpu"] == 2
     script = tasks[0]["files"][0]["contents"]                       # the entry script, inlined
     assert script == (REPO / "osmo" / "head.sh").read_text()
-    assert tasks[0]["credentials"] == {"wandb": {"WANDB_API_KEY": "wandb_api_key"}}
-    defaults = yaml.safe_load(out.read_text().split("default-values:", 1)[1].join(["default-values:", ""]))
-    assert defaults["default-values"]["num_workers"] == workers
+    # lr_grid uses no tracker: only the cluster's Ray token is mapped, into every task
+    assert all(t["credentials"] == {"ray-token": {"RAY_AUTH_TOKEN": "token"}} for t in tasks)
+    assert "default-values" not in out.read_text() and spec["name"] == "lr_grid"     # complete; named after the sweep
 
 
 def test_render_refuses_a_workflow_that_could_not_run(capsys):
@@ -185,3 +185,53 @@ def test_dockerfile_installs_the_readme_way_and_ships_what_the_workflow_runs():
     assert 'ENTRYPOINT ["python", "-m", "tune_app"]' in docker
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "runs" in ignored and "osmo" not in ignored
+
+
+INJECTIONS = [
+    ("--image", 'evil:1"\n      privileged: true\n      hostNetwork: true\n      x: "'),
+    ("--image", "img:1\nprivileged: true"),
+    ("--memory", "64Gi\n  privileged: true"),
+    ("--exec-timeout", "8h}}{{ 7*7 }}"),
+    ("--set", "tune_app_args={% for x in range(9) %}x{% endfor %}"),
+    ("--set", "tune_app_args={# comment"),
+    ("--storage-path", "s3://b/p\r\nhostNetwork: true"),
+    ("--set", "sweep_name=a\x00b"),
+]
+
+
+@pytest.mark.parametrize("flag,value", INJECTIONS)
+def test_render_refuses_values_that_would_change_the_workflow(flag, value, tmp_path, capsys):
+    out = tmp_path / "wf.yaml"
+    args = [flag, value] if flag != "--set" else ["--set", value]
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "1",
+                   "--storage-path", "s3://b/p", *args, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_render_keeps_quotes_and_yaml_syntax_as_plain_values(tmp_path, capsys):
+    """Legitimate values holding quotes, colons or '#' are serialised by the YAML library, not pasted."""
+    out = tmp_path / "wf.yaml"
+    args = '--override "training.lr=1e-4" # note: x'
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "1", "--storage-path",
+                   "s3://b/p", "--set", f"tune_app_args={args}", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    problems, spec = validate_file(out)
+    assert problems == []
+    head = spec["groups"][0]["tasks"][0]
+    assert head["environment"]["TUNE_APP_ARGS"] == args
+    assert "privileged" not in head and "hostNetwork" not in head
+
+
+@pytest.mark.parametrize("key", ["privileged", "hostNetwork"])
+def test_validator_flags_privileged_and_host_network(key, workdir):
+    text = BASE.replace("      lead: true\n", f"      lead: true\n      {key}: true\n")
+    assert any(f".{key}" in p for p in check(text, workdir))
+
+
+@pytest.mark.parametrize("size,ok", [("50%", True), ("0%", True), ("100%", True), ("150%", False), ("-5%", False),
+                                     ("20Gi", True), ("20GB", False), ("lots", False)])
+def test_validator_checks_cache_size(size, ok, workdir):
+    text = BASE.replace("      lead: true\n", f"      lead: true\n      cacheSize: '{size}'\n")
+    assert (not any("cacheSize" in p for p in check(text, workdir))) == ok

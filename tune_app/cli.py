@@ -78,7 +78,9 @@ def _connect(args: argparse.Namespace, num_cpus: int | None, storage: str | None
     if storage:
         cluster.check_shared_storage(storage)
     if getattr(args, "dashboard", False):
-        print(f"Ray dashboard: {conn.dashboard_url}", flush=True)
+        token = cluster.token_file()
+        login = f" (it asks for this cluster's token: paste the content of {token}, readable only by you)" if token else ""
+        print(f"Ray dashboard: {conn.dashboard_url}{login}", flush=True)
     return conn
 
 
@@ -100,9 +102,8 @@ def _hold_dashboard(args: argparse.Namespace, conn) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import cluster, schedule, tracking
     from .config import load_config, save_config
-    from .data import describe_source, ensure_data
+    from .data import check_batches_fit, describe_source, ensure_data
     from .train_dir import check_train_dir, claim_train_dir
-    from .trainable import MetricsFileCallback, fit_run
 
     cfg = load_config(args.config, args.override)
     out = Path(cfg.training.output_dir)
@@ -113,6 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tracking.check_mlflow(tracking.mlflow_uri(cfg, out))
     _check_address(args)
     ensure_data(cfg)
+    check_batches_fit([cfg])
     tracking.prepare_environment(cfg, out)
 
     conn = _connect(args, _first_set(args.num_cpus, cfg.ray.num_cpus), storage=str(out.parent))
@@ -123,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         f"{conn.num_cpus:g}; lower them or add CPUs")
     claim_train_dir(out, args.overwrite)
     save_config(cfg, out / "config.yaml")
+    from .trainable import MetricsFileCallback, fit_run  # Ray Train and torch: seconds to import, after the checks
     print(f"tune_app train: {describe_source(cfg)}, {cfg.ray.num_workers} DDP worker(s), "
           f"{cfg.training.steps} steps -> {out}", flush=True)
     if resuming:
@@ -149,7 +152,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import cluster, tracking
     from .data import check_batches_fit, ensure_data
-    from .evaluate import check_device
     from .search_space import load_sweep
     from .sweep import check_run_dir, run_dir_for, run_sweep, sweep_exists
 
@@ -166,6 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_resume(args)
     run_dir = check_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
     if args.eval_best:
+        from .evaluate import check_device
+
         check_device(args.eval_device)
     ensure_data(sweep.base)
     check_batches_fit(sweep.trial_configs())
@@ -271,7 +275,8 @@ def cmd_osmo_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_osmo_render(args: argparse.Namespace) -> int:
-    from .osmo import cast_set, render_workflow, validate_text, workflow_template
+    from .checks import check_writable_file
+    from .osmo import cast_set, render_workflow, validate_text, workflow_name, workflow_template
     from .search_space import load_sweep
 
     sweep = load_sweep(args.space)
@@ -281,9 +286,11 @@ def cmd_osmo_render(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"osmo render: {args.space} is outside the checkout {repo}; the workflow runs the copy inside the "
                         "image, so put the search space (and its base config) in the checkout and rebuild the image") from None
-    if args.workers < 0:
-        raise UserError("--workers must be >= 0")
-    values = {"num_workers": args.workers, "search_space": space.as_posix(), "sweep_name": sweep.name}
+    values = {"num_workers": args.workers, "search_space": space.as_posix(), "sweep_name": sweep.name,
+              "workflow_name": workflow_name(sweep.name),
+              # Credentials follow the config: a tracker the sweep does not use needs no credential.
+              "wandb_credential": "wandb" if sweep.base.wandb.enabled else "",
+              "mlflow_credential": "mlflow" if sweep.base.mlflow.enabled else ""}
     for key in ("image", "cpu", "gpu", "memory", "storage", "storage_path", "exec_timeout"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
@@ -292,11 +299,13 @@ def cmd_osmo_render(args: argparse.Namespace) -> int:
             raise UserError(f"--set {item}: use KEY=VALUE")
         key, value = item.split("=", 1)
         values[key] = cast_set(value)
+    if args.output:
+        check_writable_file(args.output, "-o")
     text = render_workflow(values)
     problems, _ = validate_text(text, base_dir=workflow_template().parent)
     if problems:
-        for line in problems:
-            print(f"rendered workflow: {line}", file=sys.stderr)
+        print(f"tune_app: error: osmo render: the rendered workflow is not valid: {problems[0]}"
+              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), file=sys.stderr)
         return 2
     if args.output:
         Path(args.output).write_text(text)

@@ -7,7 +7,12 @@ already in the environment wins.
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
+import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +35,6 @@ RAY_ENV_DEFAULTS = {
 
 
 LOCAL_ENV_DEFAULTS = {
-    # An embedded cluster is reachable only from this machine: no token needed for its dashboard.
-    "RAY_AUTH_MODE": "disabled",
     # The preemption watcher is one more actor process per trial; nothing preempts a local machine.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
@@ -40,6 +43,50 @@ LOCAL_ENV_DEFAULTS = {
 def ray_env_defaults(local: bool) -> None:
     for key, value in {**RAY_ENV_DEFAULTS, **(LOCAL_ENV_DEFAULTS if local else {})}.items():
         os.environ.setdefault(key, value)
+
+
+_PROCESS_TOKEN: str | None = None
+
+
+def _local_auth() -> None:
+    """Token authentication for an embedded cluster, with a token of this process's own.
+
+    Ray 2.60 binds its gRPC ports (GCS, raylet, workers) on every interface, whatever the node
+    address, so "local only" cannot come from binding: it comes from the token. The token is
+    random per process, lives only in this process's environment (Ray's processes inherit it) and
+    is never written to ~/.ray. RAY_AUTH_MODE stays unset, so ``ray.init`` itself turns token mode
+    on (and refreshes its cached config) through its public path. A user who set RAY_AUTH_MODE
+    (or their own RAY_AUTH_TOKEN) keeps their choice.
+    """
+    global _PROCESS_TOKEN
+    if "RAY_AUTH_MODE" in os.environ or "RAY_AUTH_TOKEN" in os.environ:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            print("tune_app: warning: RAY_AUTH_MODE=disabled: anyone who can reach this machine can join the embedded "
+                  "Ray cluster and run code; unset it to use token authentication", file=sys.stderr, flush=True)
+        return
+    # Ray's loader caches the first token it reads in a process, so every cluster of this process uses one token.
+    _PROCESS_TOKEN = _PROCESS_TOKEN or secrets.token_hex(32)
+    _set_owned_env("RAY_AUTH_TOKEN", _PROCESS_TOKEN)
+    _OWNED_ENV.setdefault("RAY_AUTH_MODE", None)          # ray.init sets it to "token"; restored at shutdown
+    # ray.init announces the mode it chose with a warning on this logger; tune_app chose it on purpose.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def token_file() -> Path | None:
+    """The embedded cluster's token in a file only this user can read (for the dashboard's login
+    prompt); None when this process did not make the token. Removed at :func:`shutdown`."""
+    global _TOKEN_DIR
+    if _PROCESS_TOKEN is None or os.environ.get("RAY_AUTH_TOKEN") != _PROCESS_TOKEN:
+        return None
+    if _TOKEN_DIR is None:
+        _TOKEN_DIR = Path(tempfile.mkdtemp(prefix="tune_app_ray_"))     # mode 0700
+        fd = os.open(_TOKEN_DIR / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(_PROCESS_TOKEN)
+    return _TOKEN_DIR / "auth_token"
+
+
+_TOKEN_DIR: Path | None = None
 
 
 @dataclass
@@ -74,6 +121,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"--address {address}: cannot connect to a Ray cluster ({exc}); check the address or omit it for a local Ray") from None
     else:
+        _local_auth()
         # Actors that use the State API without an address (Ray Train's placement-group cleaner)
         # otherwise look for "the" local cluster and fail when a second one runs on this machine;
         # the cleaner then never frees an early-stopped trial's CPUs and the sweep stalls. Pin the
@@ -211,3 +259,7 @@ def shutdown() -> None:
         else:
             os.environ[key] = before
     _OWNED_ENV.clear()
+    global _TOKEN_DIR
+    if _TOKEN_DIR is not None:
+        shutil.rmtree(_TOKEN_DIR, ignore_errors=True)
+        _TOKEN_DIR = None

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from .errors import UserError
+from .errors import UserError, mask_secrets
 from .yamlio import dump_yaml, load_yaml, parse_scalar
 
 
@@ -147,7 +146,7 @@ class Config:
         tree = dataclasses.asdict(self)
         uri = tree["mlflow"]["tracking_uri"]
         if uri:
-            tree["mlflow"]["tracking_uri"] = re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", uri)
+            tree["mlflow"]["tracking_uri"] = mask_secrets(uri)
         return tree
 
     def flat(self) -> dict[str, Any]:

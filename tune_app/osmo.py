@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .yamlio import read_text
 
 TOP_KEYS = {"workflow", "default-values", "version"}
 SPECIAL = re.compile(r"\{\{(uuid|workflow_id|output|input:[^}]+|host:[^}]+)\}\}")
@@ -268,6 +269,12 @@ def _check_task(task: dict, path: str, group_tasks: set[str], resource_names: se
         parts = str(mount).split(":")
         if len(parts) > 2 or not parts[0] or (len(parts) == 2 and not parts[1]):
             problems.add(f"{path}.volumeMounts[{i}]", f"'{mount}' must be '/src' or '/src:/dst'")
+    for key in ("privileged", "hostNetwork"):
+        if task.get(key) not in (None, False):
+            problems.add(f"{path}.{key}", f"{task.get(key)!r}: a tune_app workflow never needs {key} (it hands the container "
+                                          "the node itself); remove it")
+    if "cacheSize" in task:
+        _check_cache_size(task["cacheSize"], f"{path}.cacheSize", problems)
     if task.get("downloadType") not in (None, "download"):
         problems.add(f"{path}.downloadType", "only 'download' is valid")
     if task.get("resource", "default") not in resource_names:
@@ -283,6 +290,21 @@ def _check_task(task: dict, path: str, group_tasks: set[str], resource_names: se
             names = [str(i.get("task", "")).split(":")[-1] for i in inputs if isinstance(i, dict)]
             if ref.isdigit() and int(ref) >= len(inputs) or not ref.isdigit() and ref not in names:
                 problems.add(path, f"'{{{{{token}}}}}' has no matching entry in this task's inputs")
+
+
+def _check_cache_size(value: Any, path: str, problems: Problems) -> None:
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            ok = 0 <= float(text[:-1]) <= 100
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.add(path, f"{value!r}: a percentage must be between 0% and 100%")
+        return
+    m = QUANTITY.match(text)
+    if isinstance(value, bool) or not m or m.group(3) not in UNITS:
+        problems.add(path, f"{value!r}: give a percentage (50%) or a quantity with a binary unit (20Gi)")
 
 
 def _check_credentials(creds: Any, cpath_root: str, problems: Problems) -> None:
@@ -525,9 +547,8 @@ def validate_text(text: str, sets: list[str] | None = None, set_strings: list[st
 
 def validate_file(path: str | Path, sets: list[str] | None = None, set_strings: list[str] | None = None) -> tuple[list[str], Any]:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such workflow file")
-    return validate_text(path.read_text(), sets, set_strings, base_dir=path.resolve().parent)
+    text = read_text(path, "workflow file")
+    return validate_text(text, sets, set_strings, base_dir=path.resolve().parent)
 
 
 # ------------------------------------------------------------------ rendering a sweep's workflow
@@ -541,9 +562,77 @@ def workflow_template() -> Path:
     return path
 
 
+def workflow_name(sweep_name: str) -> str:
+    """An OSMO workflow name for a sweep: letters, digits, '-' and '_', starting with a letter, at most 64."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", sweep_name)
+    if not name[:1].isalpha():
+        name = f"sweep-{name}"
+    return name[:MAX_NAME].rstrip("-_") or "sweep"
+
+
+JINJA_OPENINGS = ("{{", "{%", "{#")
+IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+
+
+class _Placeholder(str):
+    """A string value stands in the Jinja render as an inert token (so nothing of it can become YAML
+    or Jinja syntax) while ``{% if value %}`` still sees the real value's truth."""
+
+    def __new__(cls, token: str, truth: bool):
+        obj = super().__new__(cls, token)
+        obj.truth = truth
+        return obj
+
+    def __bool__(self) -> bool:
+        return self.truth
+
+
+def check_render_value(key: str, value: Any) -> None:
+    """A workflow value that can be rendered safely: a scalar, one line, no Jinja syntax (OSMO renders the
+    submitted file with Jinja again), and for ``image`` an image reference."""
+    where = f"osmo render: {key}={value!r}"
+    if isinstance(value, (list, dict)) or value is None:
+        raise UserError(f"{where}: workflow values are strings or numbers")
+    if isinstance(value, str):
+        if any(seq in value for seq in JINJA_OPENINGS):
+            raise UserError(f"{where}: contains a Jinja opening ({', '.join(JINJA_OPENINGS)}), which OSMO would evaluate; remove it")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise UserError(f"{where}: contains a line break or control character; give it on one line")
+        if key == "image" and not IMAGE.match(value):
+            raise UserError(f"{where}: not a container image reference (e.g. nvcr.io/my-org/tune_app:1.0)")
+
+
+def _substitute(node: Any, tokens: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {_substitute(k, tokens): _substitute(v, tokens) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, tokens) for v in node]
+    if isinstance(node, str):
+        for token, real in tokens.items():
+            node = node.replace(token, real)
+    return node
+
+
+def _inline_files(spec: dict, base_dir: Path) -> None:
+    """``localpath`` entry scripts become ``contents``, so the file can be submitted from anywhere."""
+    for group in spec.get("groups") or []:
+        for task in group.get("tasks") or []:
+            for f in task.get("files") or []:
+                if "localpath" in f:
+                    f["contents"] = (base_dir / f.pop("localpath")).read_text()
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+
+
 def render_workflow(values: dict[str, Any], template: Path | None = None) -> str:
-    """The workflow template with its default values replaced by ``values`` and its ``localpath``
-    entry scripts inlined as ``contents``: a complete file to submit (or validate) from anywhere."""
+    """The workflow template rendered for ``values`` into a complete workflow: built as data, every
+    value put in by a YAML library (never pasted into text), entry scripts inlined. Values that
+    cannot be represented safely are refused with one line naming the key."""
     template = template or workflow_template()
     text = template.read_text()
     problems = Problems()
@@ -552,15 +641,22 @@ def render_workflow(values: dict[str, Any], template: Path | None = None) -> str
     unknown = set(values) - set(defaults)
     if unknown:
         raise UserError(f"osmo render: unknown workflow value(s) {sorted(unknown)} (known: {', '.join(sorted(defaults))})")
-    defaults.update(values)
-    workflow = sections["workflow"]
-
-    def inline(m: re.Match) -> str:
-        indent, name = m.group(1), m.group(2).strip()
-        script = (template.parent / name).read_text()
-        body = "".join(f"{indent}  {line}" if line.strip() else "\n" for line in script.splitlines(keepends=True))
-        return f"{indent}contents: |\n{body}"
-
-    workflow = re.sub(r"^( *)localpath: *(\S+) *$\n?", inline, workflow, flags=re.M)
-    head = text[: text.index("workflow:")]
-    return head + workflow.rstrip() + "\n\n" + yaml.safe_dump({"default-values": defaults}, sort_keys=False)
+    merged = {**defaults, **values}
+    tokens: dict[str, str] = {}
+    jinja_values: dict[str, Any] = {}
+    for key, value in merged.items():
+        check_render_value(key, value)
+        if isinstance(value, str) and not isinstance(value, bool):
+            token = f"tuneappvalue{len(tokens)}x"
+            tokens[token] = value
+            jinja_values[key] = _Placeholder(token, bool(value))
+        else:
+            jinja_values[key] = value
+    rendered = render(sections["workflow"], jinja_values, problems)
+    if rendered is None:
+        raise UserError(f"osmo render: {template}: {'; '.join(problems.items)}")
+    spec = _substitute((yaml.safe_load(rendered) or {}).get("workflow"), tokens)
+    _inline_files(spec, template.parent)
+    header = text[: text.index("workflow:")]
+    return (header.rstrip() + "\n# Rendered by `python -m tune_app osmo render`: complete, no template values left.\n"
+            + yaml.dump({"workflow": spec}, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True))

@@ -60,6 +60,7 @@ class Sweep:
     storage_path: str | None
     early_terminate: dict[str, Any] | None = None
     raw: dict = field(default_factory=dict)
+    base_path: Path | None = None          # the base_config file, when the sweep names one
 
     def param_space(self) -> dict[str, Any]:
         """Tune's param_space: one entry per swept key (dotted names are kept as they are)."""
@@ -305,8 +306,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, name: str |
     mct = max_concurrent if max_concurrent is not None else ray_section.get("max_concurrent_trials")
     if mct is not None and (not isinstance(mct, int) or isinstance(mct, bool) or mct < 1):
         raise _fail(source, f"ray.max_concurrent_trials: must be a positive integer, got {mct!r}")
-    sweep_name = name or ray_section.get("name") or raw.get("name") or source.stem
-    check_name(sweep_name, "--name" if name else f"{source}: name")
+    sweep_name = name if name is not None else ray_section.get("name") or raw.get("name") or source.stem
+    check_name(sweep_name, "--name" if name is not None else f"{source}: name")
+    if storage_path is not None and not str(storage_path).strip():
+        raise UserError("--storage: empty; give a folder or a bucket URI (or leave the flag out for ./runs)")
     storage = storage_path or ray_section.get("storage_path")
     if storage and "://" not in str(storage) and not Path(str(storage)).is_absolute() and not storage_path:
         storage = str((source.parent / str(storage)).resolve())   # file paths are relative to the file
@@ -317,7 +320,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, name: str |
     return Sweep(source=source, name=sweep_name, method=method, metric=metric["name"],
                  mode="min" if goal == "minimize" else "max", base=base, parameters=parameters,
                  num_samples=num_samples, max_concurrent_trials=mct, storage_path=str(storage) if storage else None,
-                 early_terminate=_check_early_terminate(source, raw.get("early_terminate")), raw=raw)
+                 early_terminate=_check_early_terminate(source, raw.get("early_terminate")), raw=raw,
+                 base_path=base_path)
 
 
 def trial_name(params: dict[str, Any], keys: list[str]) -> str:

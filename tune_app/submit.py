@@ -1,7 +1,7 @@
 """``python -m tune_app submit SPACE --address http://HEAD:8265``: a sweep as a Ray job on a running cluster.
 
-The checkout (``tune_app/``, the search spaces and configs; not virtualenvs, runs or caches) is
-uploaded as the job's working directory and the job runs ``python -m tune_app run SPACE --address
+The checkout's git-tracked files, plus the search space and the base config it names, are uploaded
+as the job's working directory (never untracked files such as ``.env``, virtualenvs, runs or caches) and the job runs ``python -m tune_app run SPACE --address
 auto`` on the cluster. The working directory is temporary, so the run directory must be somewhere
 that outlives the job: ``--storage`` (a path on the cluster's shared storage or a bucket URI) or the
 sweep file's ``ray.storage_path``.
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from .errors import UserError
 
-EXCLUDES = [".git", ".venv", ".ci-venv", "venv", "runs", "outputs", "mlruns", "wandb", "__pycache__", "*.egg-info",
-            ".pytest_cache", ".ruff_cache", "*.pyc"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -26,6 +27,25 @@ def checkout_root() -> Path:
     if not (root / "pyproject.toml").is_file():
         raise UserError(f"submit: {root} is not a tune_app checkout (no pyproject.toml); run it from a clone")
     return root
+
+
+def upload_list(root: Path, named: list[Path]) -> list[str]:
+    """What ``submit`` uploads: the checkout's git-tracked files that exist, plus ``named`` files
+    (the search space and its base config), as paths relative to ``root``."""
+    try:
+        proc = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        proc = None
+    if proc is None or proc.returncode != 0:
+        raise UserError(f"submit: {root} is not a git checkout (or git is missing); submit uploads the checkout's "
+                        "tracked files only, so run it from a clone of tune_app")
+    files = {f for f in proc.stdout.decode().split("\0") if f and (root / f).is_file()}
+    for path in named:
+        try:
+            files.add(path.resolve().relative_to(root).as_posix())
+        except ValueError:
+            raise UserError(f"submit: {path} is outside the checkout {root}; put it in the checkout") from None
+    return sorted(files)
 
 
 def build_entrypoint(space_rel: str, storage: str, name: str | None, overrides: list[str], extra: list[str]) -> str:
@@ -60,18 +80,23 @@ def submit(space: str, address: str, storage: str | None, name: str | None, over
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise UserError(f"--address {address}: no Ray dashboard/Jobs API there ({err}); give http://HEAD:8265") from None
     entrypoint = build_entrypoint(space_rel, storage, name, overrides, extra)
+    uploads = upload_list(root, [Path(space).resolve(), *([sweep.base_path] if sweep.base_path else [])])
     submission_id = f"tune-app-{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(root), "excludes": EXCLUDES},
-                                       submission_id=submission_id)
-            break
-        except RuntimeError as err:
-            # A freshly started head answers this until its job agent has registered (seconds).
-            if "No available agent" not in str(err) or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
+    with tempfile.TemporaryDirectory(prefix="tune_app_submit_") as staging:
+        for rel in uploads:
+            (Path(staging) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, Path(staging) / rel)
+        while True:
+            try:
+                job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": staging},
+                                           submission_id=submission_id)
+                break
+            except RuntimeError as err:
+                # A freshly started head answers this until its job agent has registered (seconds).
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
     print(f"submitted job {job_id} to {address}: {entrypoint}", flush=True)
     if not follow:
         print(f"follow it with: ray job logs --follow {job_id} --address {address}   "

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checks import check_writable_dir
 from .cluster import Connection
 from .config import Config, build_config, save_config
-from .checks import check_writable_dir
 from .errors import UserError, find_user_error
 from .policy.manifest import is_complete_fs
 from .search_space import Sweep, trial_name
@@ -369,8 +369,8 @@ def finish(run_dir: str, fs=None) -> dict[str, Any]:
         save_config(cfg, local / "best_config.yaml")
         dest = local / "best"
         shutil.rmtree(dest, ignore_errors=True)
-        complete = [c for c in checkpoints.get(f"trials/train-{best.trial_id}", []) if remote_root is not None
-                    and is_complete_fs(fs, f"{remote_root.rstrip('/')}/{c}")]
+        complete = [] if remote_root is None else [c for c in checkpoints.get(f"trials/train-{best.trial_id}", [])
+                                                   if is_complete_fs(fs, f"{remote_root.rstrip('/')}/{c}")]
         if complete:
             latest = complete[-1]
             storage.download_dir(fs, f"{remote_root.rstrip('/')}/{latest}", dest)

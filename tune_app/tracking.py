@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import UserError
+from .errors import UserError, mask_secrets
 
 log = logging.getLogger("tune_app.tracking")
 
-SECRET_ENV = ("WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 # Numbers that are bookkeeping, not training curves.
 NOT_METRICS = {"first_step_at", "time", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
                "pid", "iterations_since_restore", "done", "training_iteration"}
@@ -31,23 +30,24 @@ NOT_METRICS = {"first_step_at", "time", "timestamp", "time_this_iter_s", "time_t
 
 def redact_uri(uri: str | None) -> str | None:
     """``https://user:secret@host/`` -> ``https://user:***@host/``."""
-    if not uri:
-        return uri
-    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", uri)
-
-
-def secrets_in_env() -> list[str]:
-    return [os.environ[k] for k in SECRET_ENV if os.environ.get(k)]
+    return mask_secrets(uri)
 
 
 # ---------------------------------------------------------------- W&B
 
 
 def wandb_mode(cfg: Config) -> str:
-    """``online`` needs WANDB_API_KEY; without one, runs are written offline for ``wandb sync``."""
-    if cfg.wandb.mode == "online" and not os.environ.get("WANDB_API_KEY"):
+    """``WANDB_MODE`` when the user set it (it wins, as in wandb itself), else ``wandb.mode``;
+    ``online`` needs WANDB_API_KEY: without one, runs are written offline for ``wandb sync``."""
+    mode = _USER_WANDB_MODE or cfg.wandb.mode
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
         return "offline"
-    return cfg.wandb.mode
+    return mode
+
+
+# WANDB_MODE as the user's environment had it when tune_app started (prepare_environment sets it after).
+_USER_WANDB_MODE = os.environ.get("WANDB_MODE") if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled") \
+    else ("disabled" if os.environ.get("WANDB_MODE") == "dryrun" else None)
 
 
 def prepare_environment(cfg: Config, run_dir: str | Path) -> None:
@@ -73,9 +73,23 @@ def sync_hint(run_dir: str | Path) -> str | None:
 # ---------------------------------------------------------------- MLflow
 
 
+_URI_CREDENTIALS = re.compile(r"^(https?://)([^:/@\s]+):([^@/\s]+)@(.+)$")
+
+
 def mlflow_uri(cfg: Config, run_dir: str | Path) -> str:
-    """The configured URI, else ``MLFLOW_TRACKING_URI``, else an embedded sqlite store in the run dir."""
+    """The configured URI, else ``MLFLOW_TRACKING_URI``, else an embedded sqlite store in the run dir.
+
+    Credentials written into the URI (``https://user:pw@host``) move to MLFLOW_TRACKING_USERNAME /
+    PASSWORD in this process's environment (Ray's processes started later inherit it), where MLflow
+    reads them; the URI returned carries none, so nothing built from it (a pickled callback, a
+    tag, a log line) can leak the password."""
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and (m := _URI_CREDENTIALS.match(uri)):
+        scheme, user, password, rest = m.groups()
+        if password != "***":                    # "***": a config saved by tune_app, already masked
+            os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+            os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+        uri = scheme + rest
     return uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
@@ -90,7 +104,7 @@ def check_mlflow(uri: str, timeout_s: int = 5) -> None:
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = mask_secrets(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
         raise UserError(f"mlflow.tracking_uri {redact_uri(uri)}: cannot reach the MLflow server ({reason}); "
                         "start it, fix the URI, or set mlflow.enabled=false") from None
 

@@ -393,11 +393,26 @@ def _quiet_train_reports() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+class _UserErrorTracebacks(logging.Filter):
+    """Drops Ray Train's "Error in training function" traceback when the error is a UserError: the
+    driver prints that one as a single line (a traceback means a bug, and this is not one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Error in training function") and f"{UserError.__module__}.UserError: " in text)
+
+
+def _quiet_user_errors() -> None:
+    # Ray Train 2.60 logs the worker's traceback through the logger of ray/train/v2/_internal/util.py.
+    logging.getLogger("ray.train.v2._internal.util").addFilter(_UserErrorTracebacks())
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for Ray Train workers: ``loop_config["config"]`` is ``Config.to_dict()``."""
     from .session import RayTrainSession
 
     _quiet_train_reports()
+    _quiet_user_errors()
     cfg = config_from_dict(loop_config["config"])
     run(cfg, RayTrainSession(cfg.training.device, cfg.ray.cpus_per_worker), progress=bool(loop_config.get("progress")))
 
