@@ -13,7 +13,7 @@ set -uo pipefail
 : "${RAY_PORT:=6379}" "${JOIN_RETRY_S:=5}" "${RAY_START_ARGS:=}"
 
 if [ "${RAY_AUTH_MODE:-token}" != "disabled" ]; then
-  : "${RAY_AUTH_TOKEN:?set RAY_AUTH_TOKEN to the cluster's token (an OSMO credential mapped into every task)}"
+  : "${RAY_AUTH_TOKEN:?set RAY_AUTH_TOKEN to the token of the cluster (an OSMO credential mapped into every task)}"
   export RAY_AUTH_MODE=token
 fi
 
