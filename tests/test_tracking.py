@@ -15,6 +15,7 @@ from tune_app.config import load_config
 from tune_app.tracking import redact_uri
 
 from .conftest import REPO, TINY, grid_space, run_cli
+from .ports import owned_by
 from .wandb_log import summarize
 
 FAKE_KEY = "wandbkey-SECRET-7f3a9c1e5d"
@@ -32,15 +33,24 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server (sqlite backend, local artifact store) on 127.0.0.1."""
+    """A real MLflow tracking server (sqlite backend, local artifact store) on 127.0.0.1, on a port that
+    the server's own process tree holds (checked by PID: another process may take a "free" port first)."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    for _attempt in range(5):
+        port = _free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                                 "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline and not owned_by(port, proc.pid):
+            time.sleep(0.5)
+        if proc.poll() is None and owned_by(port, proc.pid):
+            break
+        _stop_group(proc)            # it lost the port to another process (or never came up): a new port
+    else:
+        pytest.fail("mlflow server could not hold a port of its own")
     while True:
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2)
@@ -50,7 +60,14 @@ def mlflow_server(tmp_path_factory):
             assert time.monotonic() < deadline, "mlflow server did not come up"
             time.sleep(0.5)
     yield url, root
-    os.killpg(proc.pid, 15)
+    _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, 15)
+    except ProcessLookupError:
+        pass
     proc.wait(timeout=30)
 
 
@@ -94,6 +111,7 @@ def tracked_sweep(mlflow_server, tmp_path_factory):
         args += ["--override", o]
     proc = run_cli(*args, env=SECRET_ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-5000:]      # trackers shut down quietly
     return storage / "tracked", proc
 
 

@@ -133,6 +133,15 @@ def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str) -> list:
 def _wandb_callback_class():
     from ray.air.integrations.wandb import WandbLoggerCallback
 
+    class QuietWandbLoggingActor(WandbLoggerCallback._logger_actor_cls):
+        """Ray's logging actor, plus ``wandb.teardown()`` once its run is finished: the actor then exits
+        with wandb's service closed. Otherwise wandb's own exit hook tries to close a service that the
+        exiting actor process has already lost and prints a ConnectionResetError traceback per trial."""
+
+        def run(self):
+            super().run()
+            self._wandb.teardown()
+
     class PromptWandbLoggerCallback(WandbLoggerCallback):
         """Ends promptly when a sweep is interrupted.
 
@@ -155,6 +164,8 @@ def _wandb_callback_class():
                 except Exception:  # noqa: BLE001 - the actor exiting is the expected outcome
                     pass
             super()._cleanup_logging_actor(trial)
+
+        _logger_actor_cls = QuietWandbLoggingActor
 
         def on_experiment_end(self, trials, **info):
             for trial in list(self._trial_queues):
