@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -361,6 +362,19 @@ def _check_consistency(cfg: Config, source: str) -> None:
             raise UserError(f"{source}: training.warmup_steps must be >= 0, got {t.warmup_steps}")
     if cfg.ray.cpus_per_worker <= 0:
         raise UserError(f"{source}: ray.cpus_per_worker must be > 0, got {cfg.ray.cpus_per_worker}")
+    at_least = {"ray.num_cpus": (cfg.ray.num_cpus, 1), "training.val_batches": (t.val_batches, 1),
+                "ray.gpus_per_worker": (cfg.ray.gpus_per_worker, 0), "training.num_workers": (t.num_workers, 0),
+                "training.weight_decay": (t.weight_decay, 0), "training.kl_weight": (t.kl_weight, 0),
+                "model.n_vae_encoder_layers": (m.n_vae_encoder_layers, 1 if m.use_vae else 0),
+                "data.max_offset_ms": (cfg.data.max_offset_ms, 0), "data.episode_gap_s": (cfg.data.episode_gap_s, 0)}
+    for key, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise UserError(f"{source}: config key '{key}' must be >= {low}, got {value}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"{source}: model.dropout must be in [0, 1), got {m.dropout}")
+    for key, value in cfg.flat().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{source}: config key '{key}' must be a finite number, got {value}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:

@@ -151,6 +151,9 @@ def check_run_dir(sweep: Sweep, overwrite: bool) -> str:
             if not _is_tune_app_run(run_dir):
                 raise UserError(f"{path} exists and is not a tune_app sweep (no valid {SWEEP_FILE}); tune_app will not "
                                 "write into or delete it. Pick another --name or --storage")
+            if not overwrite and not sweep_exists(run_dir):
+                raise UserError(f"{path} holds a sweep named '{sweep.name}' that never started (no tuner.pkl); start over "
+                                "with --overwrite, or pick another --name")
             if not overwrite:
                 raise UserError(f"{path} already holds a sweep named '{sweep.name}'; continue it with "
                                 f"`python -m tune_app resume {path}` (or run --resume-existing), start over with --overwrite, "
@@ -284,11 +287,29 @@ def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, max_failu
     concurrency = sweep.max_concurrent_trials or default_concurrency(sweep, conn)
     retries = default_max_failures() if max_failures is None else max_failures
     claim_run_dir(run_dir, overwrite)
-    meta = _write_sweep_files(run_dir, sweep)
-    print(f"tune_app run: sweep '{sweep.name}' ({sweep.method}, {sweep.grid_size()} trial(s), up to {concurrency} at once, "
-          f"{sweep.base.ray.num_workers} DDP worker(s) each) -> {run_dir}", flush=True)
-    results = _fit(_tuner(meta, sweep.base, run_dir, conn, concurrency, sweep, retries), run_dir)
+    try:
+        meta = _write_sweep_files(run_dir, sweep)
+        print(f"tune_app run: sweep '{sweep.name}' ({sweep.method}, {sweep.grid_size()} trial(s), up to {concurrency} at once, "
+              f"{sweep.base.ray.num_workers} DDP worker(s) each) -> {run_dir}", flush=True)
+        results = _fit(_tuner(meta, sweep.base, run_dir, conn, concurrency, sweep, retries), run_dir)
+    except BaseException:
+        if not sweep_exists(run_dir):      # Tune never saved its state: nothing to resume, so nothing is left behind
+            _remove_run_dir(run_dir)
+        raise
     return _finish_or_explain(run_dir, results)
+
+
+def _remove_run_dir(run_dir: str) -> None:
+    """Delete a run directory this sweep claimed (a tune_app sweep by its sweep.json, or empty)."""
+    if _is_local(run_dir):
+        path = Path(run_dir.removeprefix("file://"))
+        if path.is_dir() and not path.is_symlink() and (_is_tune_app_run(run_dir) or not any(path.iterdir())):
+            shutil.rmtree(path, ignore_errors=True)
+    elif _is_tune_app_run(run_dir):
+        from . import storage
+
+        fs, root = storage.split(run_dir)
+        fs.delete_dir(root)
 
 
 def _finish_or_explain(run_dir: str, results) -> dict[str, Any]:
