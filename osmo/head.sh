@@ -8,7 +8,9 @@
 #
 # Settings (environment): SEARCH_SPACE, NUM_WORKERS, STORAGE_PATH (shared: NFS path or bucket URI when
 # NUM_WORKERS > 0), SWEEP_NAME, OUTPUT_DIR, RAY_PORT (6379), WAIT_TIMEOUT (s, 600), TUNE_APP_DIR
-# (the checkout to run in, default: current dir), TUNE_APP_ARGS and RAY_START_ARGS (extra arguments).
+# (the checkout to run in, default: current dir), TUNE_APP_ARGV (extra `tune_app run` arguments as a
+# JSON list; osmo render writes it), TUNE_APP_ARGS (the same, split on spaces), SHM_SIZE (Ray's object
+# store, e.g. 8Gi), RAY_START_ARGS. Started again after a crash, it resumes the same sweep.
 # This file is loaded into the workflow with `localpath`, so it must never contain Jinja's
 # opening sequences (double braces, brace-percent, brace-hash).
 set -euo pipefail
@@ -39,16 +41,23 @@ if [ "${RAY_AUTH_MODE:-token}" != "disabled" ]; then
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
 fi
 
+# Arguments from TUNE_APP_ARGV, one per line (read, never evaluated); the object store's size.
+argv_text=$(python -m tune_app.node argv) || exit 2
+argv=()
+if [ -n "$argv_text" ]; then mapfile -t argv <<< "$argv_text"; fi
+object_store=$(python -m tune_app.node object-store "${SHM_SIZE:-}") || exit 2
+
 # The dashboard stays on 127.0.0.1: `osmo workflow port-forward WF head --port 8265` reaches it there.
 # shellcheck disable=SC2086
-ray start --head --port="$RAY_PORT" --dashboard-host=127.0.0.1 --disable-usage-stats $RAY_START_ARGS
+ray start --head --port="$RAY_PORT" --dashboard-host=127.0.0.1 --disable-usage-stats $object_store $RAY_START_ARGS
 
 storage_args=()
 [ -n "$STORAGE_PATH" ] && storage_args=(--storage "$STORAGE_PATH")
 status=0
 # shellcheck disable=SC2086
 python -m tune_app run "$SEARCH_SPACE" --address auto --name "$SWEEP_NAME" --resume-existing \
-  --wait-nodes "$((NUM_WORKERS + 1))" --wait-timeout "$WAIT_TIMEOUT" "${storage_args[@]}" $TUNE_APP_ARGS || status=$?
+  --wait-nodes "$((NUM_WORKERS + 1))" --wait-timeout "$WAIT_TIMEOUT" "${storage_args[@]}" "${argv[@]}" $TUNE_APP_ARGS \
+  || status=$?
 
 if [ -n "$OUTPUT_DIR" ]; then
   # A bucket run directory is mirrored (without checkpoints, best included) to runs/NAME by tune_app.
@@ -58,7 +67,7 @@ if [ -n "$OUTPUT_DIR" ]; then
     *) run_dir="$STORAGE_PATH/$SWEEP_NAME" ;;
   esac
   mkdir -p "$OUTPUT_DIR"
-  for item in summary.json best_config.yaml report.html best sweep.json; do
+  for item in summary.json best_config.yaml report.html best sweep.json wandb; do
     if [ -e "$run_dir/$item" ]; then cp -r "$run_dir/$item" "$OUTPUT_DIR/"; fi
   done
   echo "head.sh: results in $OUTPUT_DIR"

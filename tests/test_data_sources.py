@@ -244,7 +244,7 @@ def test_data_errors_are_one_line_exit_2(tmp_path, capsys):
         ([f"data.bag_dir={tmp_path / 'corrupt'}"], "cannot be read"),
         ([f"data.bag_dir={src}", "data.joint_names=[j1, j2, j3, j4, j5, j6]"], "no joint(s) ['j1'"),
         ([f"data.bag_dir={src}", "data.max_offset_ms=1"], "no synchronised frames in any of the 4 bag(s)"),
-        ([f"data.lerobot_root={tmp_path / 'empty'}"], "meta/info.json not found"),
+        ([f"data.lerobot_root={tmp_path / 'empty'}"], "no meta/info.json"),
         ([f"data.bag_dir={src}", "model.action_dim=7"], "action dim 6"),
     ]
     for overrides, expected in cases:

@@ -27,6 +27,15 @@ from .raycluster import free_port, pids_matching, ray_env, short_tmp, stop
 pytestmark = pytest.mark.slow
 
 
+def isolated() -> list[str]:
+    """A PID namespace for a worker node: worker.sh runs `ray stop` between join attempts, which stops
+    every Ray process it can see; inside its own namespace (as on an OSMO pod) that is only its own."""
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare (PID namespace) is not available: {probe.stderr.decode()[-200:]}")
+    return ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
 class LocalCluster:
     """Head (osmo/head.sh) + one worker node (osmo/worker.sh) on 127.0.0.1, isolated by RAY_TMPDIR."""
 
@@ -39,7 +48,7 @@ class LocalCluster:
         env = self.env = {**{k: v for k, v in ray_env(self.tmp).items() if k != "RAY_AUTH_MODE"}, "RAY_AUTH_TOKEN": self.token}
         common = "--node-ip-address=127.0.0.1 --num-cpus=1 --object-store-memory=100000000"
         self.worker = subprocess.Popen(
-            ["bash", str(REPO / "osmo" / "worker.sh")], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [*isolated(), "bash", str(REPO / "osmo" / "worker.sh")], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**env, "HEAD_HOST": "127.0.0.1", "RAY_PORT": str(self.port), "JOIN_RETRY_S": "1",
                  "RAY_START_ARGS": f"{common} --node-manager-port={self.worker_port} --resources={{\"worker_node\":1}}"})
         self.head = subprocess.Popen(

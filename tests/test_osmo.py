@@ -128,7 +128,8 @@ def test_validate_cli_exit_codes(workdir, capsys):
 def test_render_then_validate_round_trip(workers, tmp_path, capsys):
     out = tmp_path / "wf.yaml"
     rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", str(workers),
-                   "--image", "registry.example/tune_app:1", "--storage-path", "s3://bucket/tune_app", "--gpu", "2", "-o", str(out)])
+                   "--image", "registry.example/tune_app:1", "--storage-path", "s3://bucket/tune_app", "--gpu", "2",
+                   "--storage-credential", "s3-rw", "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     problems, spec = validate_file(out)
     assert problems == []
@@ -140,16 +141,29 @@ def test_render_then_validate_round_trip(workers, tmp_path, capsys):
     assert head_env["OUTPUT_DIR"] == "{{output}}" and spec["resources"]["default"]["gpu"] == 2
     script = tasks[0]["files"][0]["contents"]                       # the entry script, inlined
     assert script == (REPO / "osmo" / "head.sh").read_text()
-    # lr_grid uses no tracker: only the cluster's Ray token is mapped, into every task
-    assert all(t["credentials"] == {"ray-token": {"RAY_AUTH_TOKEN": "token"}} for t in tasks)
+    # lr_grid uses no tracker: the cluster's Ray token and the bucket's credential are mapped, into every task
+    storage = {"AWS_ACCESS_KEY_ID": "access_key_id", "AWS_SECRET_ACCESS_KEY": "access_key", "AWS_DEFAULT_REGION": "region"}
+    assert all(t["credentials"] == {"ray-token": {"RAY_AUTH_TOKEN": "token"}, "s3-rw": storage} for t in tasks)
     assert "default-values" not in out.read_text() and spec["name"] == "lr_grid"     # complete; named after the sweep
 
 
+IMAGE = ["--image", "registry.example/tune_app:1"]
+BUCKET = ["--storage-path", "s3://b/p", "--storage-credential", "s3-rw"]
+
+
 def test_render_refuses_a_workflow_that_could_not_run(capsys):
-    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "20", "--storage-path", "s3://b/p"])
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "20", *IMAGE, *BUCKET])
     assert rc == 2 and "21 tasks" in capsys.readouterr().err
-    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "2"])
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "2", *IMAGE])
     assert rc == 2 and "set storage_path" in capsys.readouterr().err
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "2", *IMAGE,
+                   "--storage-path", "s3://b/p"])
+    assert rc == 2 and "--storage-credential" in capsys.readouterr().err
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "0"])
+    assert rc == 2 and "--image" in capsys.readouterr().err
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "0",
+                   "--image", "nvcr.io/your-org/tune_app:latest"])
+    assert rc == 2 and "--image" in capsys.readouterr().err
 
 
 def test_shipped_workflow_validates_and_its_scripts_are_jinja_free():
@@ -194,8 +208,12 @@ INJECTIONS = [
     ("--exec-timeout", "8h}}{{ 7*7 }}"),
     ("--set", "tune_app_args={% for x in range(9) %}x{% endfor %}"),
     ("--set", "tune_app_args={# comment"),
-    ("--storage-path", "s3://b/p\r\nhostNetwork: true"),
+    ("--set", "storage_path=s3://b/p\r\nhostNetwork: true"),
     ("--set", "sweep_name=a\x00b"),
+    ("--override", "wandb.project=p{{ 7*7 }}"),
+    ("--override", "wandb.project=line\nprivileged: true"),
+    ("--data-url", "s3://b/rec\nhostNetwork: true"),
+    ("--dataset", "robots\nprivileged: true"),
 ]
 
 
@@ -204,7 +222,7 @@ def test_render_refuses_values_that_would_change_the_workflow(flag, value, tmp_p
     out = tmp_path / "wf.yaml"
     args = [flag, value] if flag != "--set" else ["--set", value]
     rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "1",
-                   "--storage-path", "s3://b/p", *args, "-o", str(out)])
+                   *IMAGE, *BUCKET, *args, "-o", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not out.exists()
@@ -214,8 +232,8 @@ def test_render_keeps_quotes_and_yaml_syntax_as_plain_values(tmp_path, capsys):
     """Legitimate values holding quotes, colons or '#' are serialised by the YAML library, not pasted."""
     out = tmp_path / "wf.yaml"
     args = '--override "training.lr=1e-4" # note: x'
-    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "1", "--storage-path",
-                   "s3://b/p", "--set", f"tune_app_args={args}", "-o", str(out)])
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "1", *IMAGE, *BUCKET,
+                   "--set", f"tune_app_args={args}", "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     problems, spec = validate_file(out)
     assert problems == []
@@ -235,3 +253,59 @@ def test_validator_flags_privileged_and_host_network(key, workdir):
 def test_validator_checks_cache_size(size, ok, workdir):
     text = BASE.replace("      lead: true\n", f"      lead: true\n      cacheSize: '{size}'\n")
     assert (not any("cacheSize" in p for p in check(text, workdir))) == ok
+
+
+def _render(tmp_path, capsys, *extra: str) -> dict:
+    out = tmp_path / "wf.yaml"
+    rc = cli_main(["osmo", "render", str(REPO / "search_spaces" / "lr_grid.yaml"), "--workers", "2", *IMAGE, *BUCKET,
+                   *extra, "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    problems, spec = validate_file(out)
+    assert problems == []
+    return spec
+
+
+@pytest.mark.parametrize("source,expected_input", [(["--dataset", "ur10e-bags:v3"], {"dataset": {"name": "ur10e-bags:v3"}}),
+                                                   (["--data-url", "s3://robots/ur10e"], {"url": "s3://robots/ur10e"})])
+def test_render_gives_every_node_the_data_and_points_the_config_at_it(source, expected_input, tmp_path, capsys):
+    import json
+
+    spec = _render(tmp_path, capsys, *source, "--data-kind", "lerobot", "--override", "training.steps=50")
+    tasks = spec["groups"][0]["tasks"]
+    assert all(t["inputs"] == [expected_input] for t in tasks)              # head and every worker
+    argv = json.loads(tasks[0]["environment"]["TUNE_APP_ARGV"])
+    assert argv == ["--override", "training.steps=50", "--override", "data.lerobot_root={{input:0}}"]
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ([], {"ray-token", "s3-rw"}),
+    (["--override", "wandb.enabled=true"], {"ray-token", "s3-rw", "wandb"}),
+    (["--override", "mlflow.enabled=true"], {"ray-token", "s3-rw", "mlflow"}),
+])
+def test_render_maps_exactly_the_credentials_the_config_needs(overrides, expected, tmp_path, capsys):
+    tasks = _render(tmp_path, capsys, *overrides)["groups"][0]["tasks"]
+    assert set(tasks[0]["credentials"]) == expected
+    assert all(set(t["credentials"]) == {"ray-token", "s3-rw"} for t in tasks[1:])    # workers: token and bucket only
+
+
+def test_render_maps_the_storage_endpoint_and_shm_and_reschedules_a_killed_head(tmp_path, capsys):
+    tasks = _render(tmp_path, capsys, "--storage-endpoint", "--shm-size", "8Gi")["groups"][0]["tasks"]
+    for task in tasks:
+        assert task["credentials"]["s3-rw"]["AWS_ENDPOINT_URL"] == "endpoint_url"
+        assert task["volumeMounts"] == ["/dev/shm"] and task["environment"]["SHM_SIZE"] == "8Gi"
+    assert tasks[0]["exitActions"]["RESCHEDULE"] == "137,143" and tasks[0]["exitActions"]["COMPLETE"] == "0"
+    assert "volumeMounts" not in _render(tmp_path, capsys, "--no-shm")["groups"][0]["tasks"][0]
+
+
+def test_render_names_the_workflow_after_the_sweep(tmp_path, capsys):
+    from tune_app.osmo import workflow_name
+
+    assert _render(tmp_path, capsys, "--set", "sweep_name=my.sweep_2")["name"] == "lr_grid"     # --set is literal
+    assert workflow_name("lr_grid") == "lr_grid" and workflow_name("2024.run") == "sweep-2024-run"
+    assert workflow_name("a" * 80) == "a" * 64
+
+
+def test_validate_warns_about_a_bucket_without_credentials_and_a_placeholder_image(capsys):
+    rc = cli_main(["osmo", "validate", str(REPO / "osmo" / "ray-sweep.yaml"), "--set", "storage_path=s3://b/p"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "no storage credential is mapped" in err and "looks like a placeholder" in err

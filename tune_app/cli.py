@@ -153,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import cluster, tracking
     from .data import check_batches_fit, ensure_data
     from .search_space import load_sweep
-    from .sweep import check_run_dir, run_dir_for, run_sweep, sweep_exists
+    from .sweep import check_run_dir, check_same_sweep, run_dir_for, run_sweep, sweep_exists
 
     sweep = load_sweep(args.space, overrides=args.override, name=args.name, storage_path=args.storage,
                        max_concurrent=args.max_concurrent)
@@ -161,7 +161,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracking.check_mlflow(tracking.mlflow_uri(sweep.base, "."))
     _check_address(args)
     if args.resume_existing and sweep_exists(run_dir_for(sweep)):
-        # A rescheduled job (OSMO, a preempted node) picks up where it stopped instead of starting over.
+        # A rescheduled job (OSMO, a preempted node) picks up where it stopped instead of starting over,
+        # but only the same sweep: a resubmit with an edited search space must not resume the old one.
+        check_same_sweep(sweep, run_dir_for(sweep))
         print(f"tune_app run: sweep '{sweep.name}' exists in {run_dir_for(sweep)}; resuming it", flush=True)
         args.run_dir = run_dir_for(sweep)
         args.num_cpus = _first_set(args.num_cpus, sweep.base.ray.num_cpus)
@@ -261,9 +263,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_osmo_validate(args: argparse.Namespace) -> int:
-    from .osmo import validate_file
+    from .osmo import lint_warnings, validate_file
 
     problems, spec = validate_file(args.file, args.set, args.set_string)
+    for line in lint_warnings(spec):
+        print(f"{args.file}: warning: {line}", file=sys.stderr)
     for line in problems:
         print(f"{args.file}: {line}", file=sys.stderr)
     if problems:
@@ -276,24 +280,9 @@ def cmd_osmo_validate(args: argparse.Namespace) -> int:
 
 def cmd_osmo_render(args: argparse.Namespace) -> int:
     from .checks import check_writable_file
-    from .osmo import cast_set, render_workflow, validate_text, workflow_name, workflow_template
-    from .search_space import load_sweep
+    from .osmo import cast_set, render_values, render_workflow, validate_text, workflow_template
 
-    sweep = load_sweep(args.space)
-    repo = workflow_template().parents[1]
-    try:
-        space = Path(args.space).resolve().relative_to(repo)
-    except ValueError:
-        raise UserError(f"osmo render: {args.space} is outside the checkout {repo}; the workflow runs the copy inside the "
-                        "image, so put the search space (and its base config) in the checkout and rebuild the image") from None
-    values = {"num_workers": args.workers, "search_space": space.as_posix(), "sweep_name": sweep.name,
-              "workflow_name": workflow_name(sweep.name),
-              # Credentials follow the config: a tracker the sweep does not use needs no credential.
-              "wandb_credential": "wandb" if sweep.base.wandb.enabled else "",
-              "mlflow_credential": "mlflow" if sweep.base.mlflow.enabled else ""}
-    for key in ("image", "cpu", "gpu", "memory", "storage", "storage_path", "exec_timeout"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
+    values = render_values(args)
     for item in args.set:
         if "=" not in item:
             raise UserError(f"--set {item}: use KEY=VALUE")
@@ -444,6 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="disk per node, e.g. 100Gi")
     p.add_argument("--storage-path", dest="storage_path", help="shared run directory: s3://bucket/path or an NFS mount")
     p.add_argument("--exec-timeout", dest="exec_timeout", help="e.g. 8h")
+    data_src = p.add_mutually_exclusive_group()
+    data_src.add_argument("--dataset", help="the recordings as an OSMO dataset NAME[:TAG] (OSMO <= 6.3), input 0 of every task")
+    data_src.add_argument("--data-url", dest="data_url", help="the recordings at a bucket URL (s3://bucket/recordings), "
+                          "input 0 of every task")
+    p.add_argument("--data-kind", dest="data_kind", choices=["bags", "lerobot"], default="bags",
+                   help="what the input holds: ROS 2 bags (any subfolders) or a LeRobot dataset (default: bags)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a key of every trial's base config, as `run --override` (passed on to the head's `tune_app run`)")
+    p.add_argument("--storage-credential", dest="storage_credential", metavar="NAME",
+                   help="OSMO credential with access_key_id, access_key, region for a bucket --storage-path (every task)")
+    p.add_argument("--storage-endpoint", dest="storage_endpoint", action="store_true",
+                   help="the storage credential also holds endpoint_url (S3-compatible stores: MinIO, Ceph, ...)")
+    p.add_argument("--shm-size", dest="shm_size", metavar="SIZE", help="Ray's object store per node, e.g. 8Gi (in /dev/shm)")
+    p.add_argument("--no-shm", dest="shm", action="store_false", help="do not mount the node's /dev/shm into the tasks")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other default value of the workflow")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_osmo_render)

@@ -17,6 +17,7 @@ be submitted from anywhere.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ RESOURCE_KEYS = {"cpu", "gpu", "memory", "storage", "platform", "nodesExcluded",
 TIMEOUT_KEYS = {"exec_timeout", "queue_timeout"}
 FILE_KEYS = {"path", "contents", "localpath", "base64"}
 INPUT_KEYS = {"task", "url", "regex"}
+DATASET_KEYS = {"name", "path", "regex", "localpath", "metadata", "labels"}
 OUTPUT_KEYS = {"url", "regex"}
 CHECKPOINT_KEYS = {"path", "url", "frequency", "regex"}
 
@@ -340,7 +342,11 @@ def _check_io(inputs: list, outputs: list, path: str, problems: Problems) -> Non
             problems.add(ipath, "must be {task: NAME} or {url: URL}")
             continue
         if "dataset" in item:
-            problems.add(f"{ipath}.dataset", "dataset inputs were removed from OSMO; use {url: s3://...} and `osmo data`")
+            # OSMO <= 6.3 (removed on main, where {url: ...} inputs and `osmo data` replace them).
+            body = item["dataset"]
+            if set(item) - {"dataset"} or not isinstance(body, dict) or not isinstance(body.get("name"), str) \
+                    or not body["name"] or set(body) - DATASET_KEYS:
+                problems.add(f"{ipath}.dataset", f"must be {{name: NAME[:TAG]}} (optional: {', '.join(sorted(DATASET_KEYS - {'name'}))})")
             continue
         _unknown(item, INPUT_KEYS, ipath, problems)
         if ("task" in item) == ("url" in item):
@@ -545,6 +551,27 @@ def validate_text(text: str, sets: list[str] | None = None, set_strings: list[st
     return problems.items, spec
 
 
+def lint_warnings(spec: Any) -> list[str]:
+    """What passes OSMO's checks but will not work for a tune_app sweep: a placeholder image, a bucket
+    STORAGE_PATH in a task that gets no storage credentials."""
+    warnings = []
+    groups = (spec or {}).get("groups") or [{"tasks": [t]} for t in (spec or {}).get("tasks") or []]
+    for g, group in enumerate(groups):
+        for t, task in enumerate(group.get("tasks") or []):
+            if not isinstance(task, dict):
+                continue
+            path = f"workflow.groups[{g}].tasks[{t}]"
+            if isinstance(task.get("image"), str) and PLACEHOLDER_IMAGE.search(task["image"]):
+                warnings.append(f"{path}.image: '{task['image']}' looks like a placeholder; give the image you pushed")
+            storage = str((task.get("environment") or {}).get("STORAGE_PATH", ""))
+            creds = task.get("credentials") or {}
+            mapped = {env for body in creds.values() if isinstance(body, dict) for env in body}
+            if "://" in storage and "AWS_SECRET_ACCESS_KEY" not in mapped and isinstance(creds, dict):
+                warnings.append(f"{path}: STORAGE_PATH {storage} is a bucket but no storage credential is mapped "
+                                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); trials cannot write there")
+    return warnings
+
+
 def validate_file(path: str | Path, sets: list[str] | None = None, set_strings: list[str] | None = None) -> tuple[list[str], Any]:
     path = Path(path)
     text = read_text(path, "workflow file")
@@ -560,6 +587,61 @@ def workflow_template() -> Path:
     if not path.is_file():
         raise UserError(f"{path} not found: `osmo render` needs the osmo/ folder of a tune_app checkout")
     return path
+
+
+PLACEHOLDER_IMAGE = re.compile(r"your-org|<|>")
+
+
+def render_values(args) -> dict[str, Any]:
+    """The workflow values ``osmo render`` sets for a sweep (before ``--set``), checked: the search
+    space inside the checkout, a real image, credentials that follow the config, the data input."""
+    from .search_space import load_sweep
+
+    repo = workflow_template().parents[1]
+    try:
+        space = Path(args.space).resolve().relative_to(repo)
+    except ValueError:
+        raise UserError(f"osmo render: {args.space} is outside the checkout {repo}; the workflow runs the copy inside the "
+                        "image, so put the search space (and its base config) in the checkout and rebuild the image") from None
+    sweep = load_sweep(args.space, overrides=args.override)
+    argv: list[str] = []
+    for item in args.override:
+        check_render_value("--override", item)
+        argv += ["--override", item]
+    if args.dataset or args.data_url:
+        key = "data.bag_dir" if args.data_kind == "bags" else "data.lerobot_root"
+        argv += ["--override", f"{key}={{{{input:0}}}}"]     # the same local path on every node
+    if args.data_url and not URL.match(args.data_url):
+        raise UserError(f"--data-url {args.data_url}: not a bucket URL (s3://, gs://, azure://, tos://, swift://)")
+    if args.dataset and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9._-]+)?", args.dataset):
+        raise UserError(f"--dataset {args.dataset!r}: an OSMO dataset is NAME or NAME:TAG")
+    storage_path = args.storage_path or ""
+    if "://" in storage_path and not args.storage_credential:
+        raise UserError(f"--storage-path {storage_path}: a bucket run directory needs its credentials in every task; give "
+                        "--storage-credential NAME (osmo credential set NAME --type GENERIC --payload access_key_id=... "
+                        "access_key=... region=...; see osmo/README.md)")
+    if args.image is None or PLACEHOLDER_IMAGE.search(args.image):
+        raise UserError(f"--image {args.image or '(not given)'}: give the image you built and pushed from the Dockerfile, "
+                        "e.g. nvcr.io/my-org/tune_app:1")
+    values = {"num_workers": args.workers, "search_space": space.as_posix(), "sweep_name": sweep.name,
+              "workflow_name": workflow_name(sweep.name), "image": args.image, "storage_path": storage_path,
+              "dataset": args.dataset or "", "data_url": args.data_url or "", "tune_app_argv": json.dumps(argv),
+              "storage_credential": args.storage_credential or "", "storage_endpoint": bool(args.storage_endpoint),
+              "shm": bool(args.shm), "shm_size": args.shm_size or "",
+              # Credentials follow the config: a tracker the sweep does not use needs no credential.
+              "wandb_credential": "wandb" if sweep.base.wandb.enabled else "",
+              "mlflow_credential": "mlflow" if sweep.base.mlflow.enabled else ""}
+    if args.shm_size:
+        from .node import parse_size
+
+        try:
+            parse_size(args.shm_size)
+        except ValueError as exc:
+            raise UserError(f"--shm-size: {exc}") from None
+    for key in ("cpu", "gpu", "memory", "storage", "exec_timeout"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    return values
 
 
 def workflow_name(sweep_name: str) -> str:
@@ -594,7 +676,7 @@ def check_render_value(key: str, value: Any) -> None:
     if isinstance(value, (list, dict)) or value is None:
         raise UserError(f"{where}: workflow values are strings or numbers")
     if isinstance(value, str):
-        if any(seq in value for seq in JINJA_OPENINGS):
+        if any(seq in SPECIAL.sub("", value) for seq in JINJA_OPENINGS):     # OSMO's own tokens are protected
             raise UserError(f"{where}: contains a Jinja opening ({', '.join(JINJA_OPENINGS)}), which OSMO would evaluate; remove it")
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise UserError(f"{where}: contains a line break or control character; give it on one line")

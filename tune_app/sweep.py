@@ -11,6 +11,7 @@ Run directory (``<storage>/<name>/``, ``runs/<name>/`` by default)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -24,10 +25,13 @@ from .cluster import Connection
 from .config import Config, build_config, save_config
 from .errors import UserError, find_user_error
 from .policy.manifest import is_complete_fs
+from .rundir import RunDir
 from .search_space import Sweep, trial_name
 from .yamlio import load_yaml
 
 SWEEP_FILE = "sweep.json"
+# What a bucket sweep keeps in its local working copy while it runs, uploaded at the end.
+LOCAL_STORES = ["mlflow.db", "mlflow-artifacts", "wandb"]
 
 
 class TrialNamer:
@@ -100,92 +104,79 @@ def default_concurrency(sweep: Sweep, conn: Connection) -> int:
 
 def run_dir_for(sweep: Sweep) -> str:
     storage = sweep.storage_path or str(Path("runs").resolve())
-    return f"{storage.rstrip('/')}/{sweep.name}"
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _read_run_file(run_dir: str, name: str) -> str | None:
-    """A file of a run directory (local path or bucket URI), or None when it is not there."""
-    if _is_local(run_dir):
-        path = Path(run_dir.removeprefix("file://")) / name
-        return path.read_text() if path.is_file() else None
-    from . import storage
-
-    fs, root = storage.split(run_dir)
-    try:
-        with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
-            return f.read().decode()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _run_file_exists(run_dir: str, name: str) -> bool:
-    if _is_local(run_dir):
-        return (Path(run_dir.removeprefix("file://")) / name).is_file()
-    import pyarrow.fs
-
-    from . import storage
-
-    fs, root = storage.split(run_dir)
-    return fs.get_file_info(f"{root.rstrip('/')}/{name}").type == pyarrow.fs.FileType.File
+    return str(RunDir(f"{storage.rstrip('/')}/{sweep.name}"))
 
 
 def sweep_exists(run_dir: str) -> bool:
     """Whether ``run_dir`` holds a sweep that ``resume`` can continue."""
-    return _run_file_exists(run_dir, SWEEP_FILE) and _run_file_exists(run_dir, "tuner.pkl")
+    rd = RunDir(run_dir)
+    return rd.exists(SWEEP_FILE) and rd.exists("tuner.pkl")
+
+
+def fingerprint(sweep: Sweep) -> str:
+    """What makes a sweep this sweep: its search-space file's content and the resolved base config."""
+    blob = json.dumps({"space": sweep.raw, "base": sweep.base.to_dict()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_same_sweep(sweep: Sweep, run_dir: str) -> None:
+    """``--resume-existing``: the stored sweep must be this one, not an older one under the same name."""
+    try:
+        stored = json.loads(RunDir(run_dir).read_text(SWEEP_FILE) or "{}").get("fingerprint")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        stored = None
+    if stored != fingerprint(sweep):
+        raise UserError(f"--resume-existing: {run_dir} holds a sweep '{sweep.name}' with another search space or base "
+                        "config; start over with --overwrite, or give the sweep a new name (--name, or sweep_name on OSMO)")
 
 
 def check_run_dir(sweep: Sweep, overwrite: bool) -> str:
     """Where the sweep will live, checked without writing: writable, and either free or (with
     ``overwrite``) an earlier tune_app sweep. Returns the run directory."""
     run_dir = run_dir_for(sweep)
-    if _is_local(run_dir):
-        path = Path(run_dir.removeprefix("file://"))
-        check_writable_dir(path, "--storage")
-        if path.is_symlink():
-            raise UserError(f"{path} is a symbolic link; tune_app does not write through it. Pick another --name or --storage")
-        if path.exists() and any(path.iterdir()):
-            if not _is_tune_app_run(run_dir):
-                raise UserError(f"{path} exists and is not a tune_app sweep (no valid {SWEEP_FILE}); tune_app will not "
-                                "write into or delete it. Pick another --name or --storage")
-            if not overwrite and not sweep_exists(run_dir):
-                raise UserError(f"{path} holds a sweep named '{sweep.name}' that never started (no tuner.pkl); start over "
-                                "with --overwrite, or pick another --name")
-            if not overwrite:
-                raise UserError(f"{path} already holds a sweep named '{sweep.name}'; continue it with "
-                                f"`python -m tune_app resume {path}` (or run --resume-existing), start over with --overwrite, "
-                                "or pick another --name")
-    elif _run_file_exists(run_dir, SWEEP_FILE) and not overwrite:
-        raise UserError(f"{run_dir} already holds a sweep named '{sweep.name}'; continue it with `python -m tune_app resume "
-                        f"{run_dir}` (or run --resume-existing), start over with --overwrite, or pick another --name")
+    rd = RunDir(run_dir)
+    if not rd.remote:
+        check_writable_dir(rd.path, "--storage")
+        if rd.path.is_symlink():
+            raise UserError(f"{rd.path} is a symbolic link; tune_app does not write through it. Pick another --name or --storage")
+        if not (rd.path.exists() and any(rd.path.iterdir())):
+            return run_dir
+        if not _is_tune_app_run(rd):
+            raise UserError(f"{rd.path} exists and is not a tune_app sweep (no valid {SWEEP_FILE}); tune_app will not "
+                            "write into or delete it. Pick another --name or --storage")
+    else:
+        local = rd.local_dir
+        if local.exists() and any(local.iterdir()) and not (local / SWEEP_FILE).is_file():
+            raise UserError(f"{local} (the local working copy of {run_dir}) exists and is not a tune_app sweep; "
+                            "move it away or run from another folder")
+        if not rd.exists(SWEEP_FILE):
+            return run_dir
+    if not overwrite and not sweep_exists(run_dir):
+        raise UserError(f"{run_dir} holds a sweep named '{sweep.name}' that never started (no tuner.pkl); start over "
+                        "with --overwrite, or pick another --name")
+    if not overwrite:
+        raise UserError(f"{run_dir} already holds a sweep named '{sweep.name}'; continue it with "
+                        f"`python -m tune_app resume {run_dir}` (or run --resume-existing), start over with --overwrite, "
+                        "or pick another --name")
     return run_dir
 
 
-def _is_tune_app_run(run_dir: str) -> bool:
-    """Whether ``run_dir`` holds a ``sweep.json`` that tune_app wrote (the run's marker)."""
+def _is_tune_app_run(rd: RunDir) -> bool:
+    """Whether the run directory holds a ``sweep.json`` that tune_app wrote (the run's marker)."""
     try:
-        meta = json.loads(_read_run_file(run_dir, SWEEP_FILE) or "null")
+        meta = json.loads(rd.read_text(SWEEP_FILE) or "null")
     except (ValueError, UnicodeDecodeError, OSError):
         return False
-    return isinstance(meta, dict) and meta.get("name") == run_dir.rstrip("/").rsplit("/", 1)[-1] and "parameters" in meta
+    return isinstance(meta, dict) and meta.get("name") == rd.name and "parameters" in meta
 
 
 def claim_run_dir(run_dir: str, overwrite: bool) -> None:
     """Make the run directory, deleting an earlier sweep there first when ``overwrite`` (only a
     folder that :func:`check_run_dir` found to be a tune_app sweep, directly below the storage root)."""
-    if _is_local(run_dir):
-        path = Path(run_dir.removeprefix("file://"))
-        if overwrite and path.is_dir() and not path.is_symlink() and _is_tune_app_run(run_dir):
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-    elif overwrite and _is_tune_app_run(run_dir):
-        from . import storage
-
-        fs, root = storage.split(run_dir)
-        fs.delete_dir(root)
+    rd = RunDir(run_dir)
+    if overwrite and _is_tune_app_run(rd):
+        rd.delete()
+    rd.make()
 
 
 def _write_sweep_files(run_dir: str, sweep: Sweep) -> dict[str, Any]:
@@ -194,25 +185,11 @@ def _write_sweep_files(run_dir: str, sweep: Sweep) -> dict[str, Any]:
 
     meta = {"name": sweep.name, "source": str(sweep.source.resolve()), "method": sweep.method,
             "metric": sweep.metric, "mode": sweep.mode, "parameters": list(sweep.parameters),
-            "total_steps": sweep.base.training.steps, "raw": sweep.raw}
-    _put_files(run_dir, {SWEEP_FILE: json.dumps(meta, indent=2, default=str),
-                         "base_config.yaml": yaml.safe_dump(sweep.base.to_dict(), sort_keys=False)})
+            "total_steps": sweep.base.training.steps, "fingerprint": fingerprint(sweep), "raw": sweep.raw}
+    rd = RunDir(run_dir)
+    rd.write_text(SWEEP_FILE, json.dumps(meta, indent=2, default=str))
+    rd.write_text("base_config.yaml", yaml.safe_dump(sweep.base.to_dict(), sort_keys=False))
     return meta
-
-
-def _put_files(run_dir: str, files: dict[str, str]) -> None:
-    if _is_local(run_dir):
-        for name, text in files.items():
-            target = Path(run_dir.removeprefix("file://")) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-        return
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(run_dir)
-    for name, text in files.items():
-        with fs.open_output_stream(f"{root}/{name}") as f:
-            f.write(text.encode())
 
 
 def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurrent: int,
@@ -230,7 +207,7 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
         # A trial whose node died is restarted (from its last checkpoint) up to this many times.
         failure_config=tune.FailureConfig(max_failures=max_failures),
         callbacks=[_progress_callback(keys, sweep_meta["total_steps"], sweep_meta["metric"],
-                                      f"{run_dir}/trial_events.jsonl" if _is_local(run_dir) else None),
+                                      None if RunDir(run_dir).remote else f"{run_dir}/trial_events.jsonl"),
                    *sweep_callbacks(base, name, run_dir)],
     )
     if sweep is None:
@@ -301,15 +278,9 @@ def run_sweep(sweep: Sweep, conn: Connection, overwrite: bool = False, max_failu
 
 def _remove_run_dir(run_dir: str) -> None:
     """Delete a run directory this sweep claimed (a tune_app sweep by its sweep.json, or empty)."""
-    if _is_local(run_dir):
-        path = Path(run_dir.removeprefix("file://"))
-        if path.is_dir() and not path.is_symlink() and (_is_tune_app_run(run_dir) or not any(path.iterdir())):
-            shutil.rmtree(path, ignore_errors=True)
-    elif _is_tune_app_run(run_dir):
-        from . import storage
-
-        fs, root = storage.split(run_dir)
-        fs.delete_dir(root)
+    rd = RunDir(run_dir)
+    if _is_tune_app_run(rd) or (not rd.remote and rd.path.is_dir() and not any(rd.path.iterdir())):
+        rd.delete()
 
 
 def _finish_or_explain(run_dir: str, results) -> dict[str, Any]:
@@ -336,18 +307,19 @@ def load_resumable(run_dir: str) -> Resumable:
     """Check (without Ray and without writing) that ``run_dir`` is a sweep ``resume`` can continue."""
     import yaml
 
-    run_dir = str(Path(run_dir).resolve()) if _is_local(run_dir) else run_dir.rstrip("/")
-    if _is_local(run_dir) and not Path(run_dir).is_dir():
+    rd = RunDir(run_dir)
+    run_dir = str(rd)
+    if not rd.remote and not rd.path.is_dir():
         raise UserError(f"{run_dir}: no such sweep directory; give the directory `run` printed, e.g. runs/lr_grid")
     if not sweep_exists(run_dir):
         raise UserError(f"{run_dir}: not a tune_app sweep directory (no {SWEEP_FILE} and tuner.pkl); "
                         "give the directory `run` printed, e.g. runs/lr_grid")
-    if _is_local(run_dir):
-        check_writable_dir(run_dir, "resume")
+    if not rd.remote:
+        check_writable_dir(rd.path, "resume")
     source = f"{run_dir}/{SWEEP_FILE}"
     try:
-        meta = json.loads(_read_run_file(run_dir, SWEEP_FILE) or "null")
-        base_raw = yaml.safe_load(_read_run_file(run_dir, "base_config.yaml") or "null")
+        meta = json.loads(rd.read_text(SWEEP_FILE) or "null")
+        base_raw = yaml.safe_load(rd.read_text("base_config.yaml") or "null")
     except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UserError(f"{source}: damaged sweep files ({type(exc).__name__}); the run directory cannot be resumed") from None
     if not isinstance(meta, dict) or not all(k in meta for k in ("name", "metric", "parameters", "total_steps")):
@@ -372,15 +344,12 @@ def finish(run_dir: str, fs=None) -> dict[str, Any]:
     from . import storage
     from .results import load_run, render_table
 
-    remote_root = None
-    if fs is not None or not _is_local(run_dir):
-        fs, remote_root = (fs, run_dir) if fs is not None else storage.split(run_dir)
-        local = Path("runs").resolve() / remote_root.rstrip("/").rsplit("/", 1)[-1]
-        shutil.rmtree(local, ignore_errors=True)
-        checkpoints = storage.mirror(fs, remote_root, local)
+    rd = RunDir(run_dir, fs=fs)
+    local = rd.local_dir
+    if rd.remote:
+        fs, remote_root = rd.filesystem()
+        checkpoints = storage.mirror(fs, remote_root, local)        # overwrites; keeps local-only stores (MLflow, W&B)
         print(f"local copy of {run_dir} (without checkpoints): {local}", flush=True)
-    else:
-        local = Path(run_dir.removeprefix("file://"))
     run = load_run(local)
     summary = run.summary()
     best = run.best()
@@ -390,11 +359,11 @@ def finish(run_dir: str, fs=None) -> dict[str, Any]:
         save_config(cfg, local / "best_config.yaml")
         dest = local / "best"
         shutil.rmtree(dest, ignore_errors=True)
-        complete = [] if remote_root is None else [c for c in checkpoints.get(f"trials/train-{best.trial_id}", [])
-                                                   if is_complete_fs(fs, f"{remote_root.rstrip('/')}/{c}")]
+        complete = [] if not rd.remote else [c for c in checkpoints.get(f"trials/train-{best.trial_id}", [])
+                                             if is_complete_fs(fs, f"{remote_root}/{c}")]
         if complete:
             latest = complete[-1]
-            storage.download_dir(fs, f"{remote_root.rstrip('/')}/{latest}", dest)
+            storage.download_dir(fs, f"{remote_root}/{latest}", dest)
             best.checkpoint = f"{run_dir.rstrip('/')}/{latest}"
         elif best.checkpoint:
             shutil.copytree(best.checkpoint, dest)
@@ -402,8 +371,13 @@ def finish(run_dir: str, fs=None) -> dict[str, Any]:
     from .report import write_report
 
     print(f"report: {write_report(local)}")
-    if remote_root is not None:
-        storage.upload(fs, remote_root, local, ["summary.json", "best_config.yaml", "report.html", "best"])
+    from . import tracking
+
+    base = build_config(load_yaml(local / "base_config.yaml"))
+    best_info = {"name": best.name, "metric": best.metric_last, "metric_name": run.metric} if best else None
+    tracking.finish_mlflow_parent(base, run.name, run_dir, best_info, fs=fs if rd.remote else None)
+    if rd.remote:
+        storage.upload(fs, remote_root, local, ["summary.json", "best_config.yaml", "report.html", "best", *LOCAL_STORES])
     unfinished = [t for t in run.trials if t.state not in ("TERMINATED", "ERROR")]
     summary["complete"] = not unfinished
     if unfinished:
@@ -413,11 +387,6 @@ def finish(run_dir: str, fs=None) -> dict[str, Any]:
         print(f"best: {best.name}  {run.metric} {best.metric_last:.5g}  -> {run_dir}/best_config.yaml, {run_dir}/best/")
     else:
         print("best: no trial reported the metric", file=sys.stderr)
-    from . import tracking
-
-    base = build_config(load_yaml(local / "base_config.yaml"))
-    best_info = {"name": best.name, "metric": best.metric_last, "metric_name": run.metric} if best else None
-    tracking.finish_mlflow_parent(base, run.name, run_dir, best_info)
     for hint in (tracking.sync_hint(run_dir) if base.wandb.enabled else None, tracking.mlflow_ui_hint(base, run_dir)):
         if hint:
             print(hint)

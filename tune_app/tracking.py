@@ -20,8 +20,10 @@ from typing import Any
 
 from .config import Config
 from .errors import UserError, mask_secrets
+from .rundir import RunDir
 
 log = logging.getLogger("tune_app.tracking")
+PARENT_FILE = "mlflow_parent_run_id"
 
 # Numbers that are bookkeeping, not training curves.
 NOT_METRICS = {"first_step_at", "time", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
@@ -51,15 +53,18 @@ _USER_WANDB_MODE = os.environ.get("WANDB_MODE") if os.environ.get("WANDB_MODE") 
 
 
 def prepare_environment(cfg: Config, run_dir: str | Path) -> None:
-    """Set what W&B reads from the environment; must run before ``ray.init`` (actors inherit it)."""
+    """Set what W&B reads from the environment; must run before ``ray.init`` (actors inherit it).
+
+    W&B writes into the run directory (``<run dir>/wandb``; for a bucket run, its local working copy,
+    uploaded with the results), so offline runs stay with the sweep they belong to."""
     if cfg.wandb.enabled:
         os.environ["WANDB_MODE"] = wandb_mode(cfg)
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        os.environ.setdefault("WANDB_DIR", str(RunDir(run_dir).local_dir))
         os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def wandb_offline_dirs(run_dir: str | Path) -> list[Path]:
-    root = Path(os.environ.get("WANDB_DIR", run_dir)) / "wandb"
+    root = Path(os.environ.get("WANDB_DIR") or RunDir(run_dir).local_dir) / "wandb"
     return sorted(root.glob("offline-run-*"))
 
 
@@ -67,7 +72,9 @@ def sync_hint(run_dir: str | Path) -> str | None:
     dirs = wandb_offline_dirs(run_dir)
     if not dirs:
         return None
-    return f"W&B runs were written offline; upload them with: wandb sync {dirs[0].parent}/offline-run-*"
+    rd = RunDir(run_dir)
+    where = f"{dirs[0].parent} (also uploaded to {rd}/wandb)" if rd.remote else str(dirs[0].parent)
+    return f"W&B runs were written offline to {where}; upload them with: wandb sync {dirs[0].parent}/offline-run-*"
 
 
 # ---------------------------------------------------------------- MLflow
@@ -90,7 +97,20 @@ def mlflow_uri(cfg: Config, run_dir: str | Path) -> str:
             os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
             os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
         uri = scheme + rest
-    return uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+    return uri or f"sqlite:///{RunDir(run_dir).local_dir / 'mlflow.db'}"
+
+
+def _default_artifacts(cfg: Config, run_dir: str | Path) -> str | None:
+    """With the default sqlite store, artifacts go beside it in the run directory (MLflow's own default
+    is ./mlruns in whatever the current directory is); a server decides for itself."""
+    if cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (RunDir(run_dir).local_dir / "mlflow-artifacts").as_uri()
+
+
+def _ensure_experiment(client, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
 
 
 def check_mlflow(uri: str, timeout_s: int = 5) -> None:
@@ -191,14 +211,20 @@ def make_sweep_mlflow_callback(cfg: Config, sweep_name: str, run_dir: str):
             self.parent_run_id: str | None = None
 
         def setup(self, *args, **kwargs):
+            from mlflow.tracking import MlflowClient
+
+            # The experiment is made here first, so that its artifacts live where the run directory says.
+            _ensure_experiment(MlflowClient(tracking_uri=self.tracking_uri), self.experiment_name,
+                               _default_artifacts(cfg, run_dir))
             super().setup(*args, **kwargs)
-            parent_file = Path(run_dir) / "mlflow_parent_run_id"
-            if parent_file.is_file():          # resume: keep the same tree
-                self.parent_run_id = parent_file.read_text().strip()
+            rd = RunDir(run_dir)
+            known = (rd.read_text(PARENT_FILE) or "").strip()
+            if known:                          # resume: keep the same tree
+                self.parent_run_id = known
             else:
                 run = self.mlflow_util.start_run(run_name=sweep_name, tags={**self.tags, "tune_app.role": "sweep"})
                 self.parent_run_id = run.info.run_id
-                parent_file.write_text(self.parent_run_id)
+                rd.write_text(PARENT_FILE, self.parent_run_id)
                 self.mlflow_util.log_params(run_id=self.parent_run_id, params_to_log=_base_params(run_dir))
 
         def log_trial_start(self, trial):
@@ -233,32 +259,35 @@ def make_sweep_mlflow_callback(cfg: Config, sweep_name: str, run_dir: str):
 
 
 def _base_params(run_dir: str) -> dict[str, Any]:
+    import yaml
+
     from .config import flatten
-    from .yamlio import load_yaml
 
-    path = Path(run_dir) / "base_config.yaml"
-    return flatten(load_yaml(path)) if path.is_file() else {}
+    text = RunDir(run_dir).read_text("base_config.yaml")
+    return flatten(yaml.safe_load(text) or {}) if text else {}
 
 
-def finish_mlflow_parent(cfg: Config, sweep_name: str, run_dir: str, best: dict[str, Any] | None) -> None:
-    """Log the best trial's config and checkpoint on the sweep's parent run and close it."""
-    parent_file = Path(run_dir) / "mlflow_parent_run_id"
-    if not cfg.mlflow.enabled or not parent_file.is_file():
+def finish_mlflow_parent(cfg: Config, sweep_name: str, run_dir: str, best: dict[str, Any] | None, fs=None) -> None:
+    """Log the best trial's config and checkpoint on the sweep's parent run and close it. The files
+    come from the run's local copy (``run_dir`` itself, or the working copy of a bucket run)."""
+    rd = RunDir(run_dir, fs=fs)
+    parent = (rd.read_text(PARENT_FILE) or "").strip() if cfg.mlflow.enabled else ""
+    if not parent:
         return
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_uri(cfg, run_dir))
-    parent = parent_file.read_text().strip()
+    local = rd.local_dir
     try:
         if best:
             client.set_tag(parent, "best_trial", best["name"])
             if best.get("metric") is not None:
                 client.log_metric(parent, f"best_{best['metric_name']}", float(best["metric"]))
             for name in ("best_config.yaml", "summary.json"):
-                if (Path(run_dir) / name).is_file():
-                    client.log_artifact(parent, str(Path(run_dir) / name))
-            if (Path(run_dir) / "best").is_dir():
-                client.log_artifacts(parent, str(Path(run_dir) / "best"), artifact_path="best_checkpoint")
+                if (local / name).is_file():
+                    client.log_artifact(parent, str(local / name))
+            if (local / "best").is_dir():
+                client.log_artifacts(parent, str(local / "best"), artifact_path="best_checkpoint")
         client.set_terminated(parent, "FINISHED")
     except Exception as exc:  # noqa: BLE001
         log.warning("MLflow: could not finish the sweep's parent run: %s", str(exc).splitlines()[0][:200])
@@ -318,9 +347,8 @@ class TrainTrackingCallback(_UserCallback):
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=mlflow_uri(cfg, self.run_dir))
-            exp_name = cfg.mlflow.experiment_name or "tune_app-train"
-            exp = self._client.get_experiment_by_name(exp_name)
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(exp_name)
+            exp_id = _ensure_experiment(self._client, cfg.mlflow.experiment_name or "tune_app-train",
+                                        _default_artifacts(cfg, self.run_dir))
             self._mlflow_run = self._client.create_run(exp_id, run_name=name, tags={**cfg.mlflow.tags, "tune_app.role": "train"}).info.run_id
             for key, value in params.items():
                 self._client.log_param(self._mlflow_run, key, value)

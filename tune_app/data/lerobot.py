@@ -35,16 +35,29 @@ def _vector_column(table, name: str) -> np.ndarray:
     return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), width)
 
 
+def find_dataset_root(folder: Path, max_depth: int = 4) -> Path:
+    """The LeRobot dataset in ``folder``: the folder itself when it holds ``meta/info.json``, else the one
+    folder below it that does (an upload keeps whatever subfolders the user had, e.g. on OSMO)."""
+    if (folder / "meta" / "info.json").is_file():
+        return folder
+    found = sorted(p.parent.parent for p in folder.glob("**/meta/info.json")
+                   if len(p.relative_to(folder).parts) <= max_depth + 2)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"data.lerobot_root: no LeRobot dataset in {folder} (no meta/info.json there or in its subfolders); "
+                        "point the key at a LeRobot v3 dataset folder (the one holding meta/ and data/)")
+    raise UserError(f"data.lerobot_root: {folder} holds {len(found)} LeRobot datasets ({', '.join(str(f) for f in found[:3])}"
+                    f"{', ...' if len(found) > 3 else ''}); point the key at one of them")
+
+
 class LeRobotSource:
     kind = "lerobot-v3"
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.root = Path(cfg.data.lerobot_root)
+        self.root = find_dataset_root(Path(cfg.data.lerobot_root))
         info_path = self.root / "meta" / "info.json"
-        if not info_path.is_file():
-            raise UserError(f"data.lerobot_root: {info_path} not found; point the key at a LeRobot v3 dataset folder "
-                            "(the one holding meta/ and data/)")
         try:
             self.info = json.loads(info_path.read_text())
         except json.JSONDecodeError as err:
