@@ -29,11 +29,21 @@ pytestmark = pytest.mark.slow
 
 def isolated() -> list[str]:
     """A PID namespace for a worker node: worker.sh runs `ray stop` between join attempts, which stops
-    every Ray process it can see; inside its own namespace (as on an OSMO pod) that is only its own."""
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    every Ray process it can see; inside its own namespace (as on an OSMO pod) that is only its own.
+    unshare ignores SIGTERM: end it with SIGKILL (``kill_group``), which takes the namespace with it."""
+    command = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    probe = subprocess.run([*command, "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"unshare (PID namespace) is not available: {probe.stderr.decode()[-200:]}")
-    return ["unshare", "--pid", "--fork", "--mount-proc"]
+    return command
+
+
+def kill_group(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 class LocalCluster:
@@ -73,6 +83,7 @@ class LocalCluster:
         return pids_matching(needle)
 
     def stop(self) -> None:
+        kill_group(self.worker)
         stop([str(self.tmp), f"--node_manager_port={self.worker_port}"], [self.head, self.worker], self.tmp)
 
 

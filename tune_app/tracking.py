@@ -139,6 +139,11 @@ def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str) -> list:
     callbacks: list = []
     if cfg.wandb.enabled and wandb_mode(cfg) != "disabled":
         kwargs = {"entity": cfg.wandb.entity} if cfg.wandb.entity else {}
+        # The logging actors run on the driver's node but inherit the environment of the raylet, which on a
+        # cluster started with `ray start` never saw WANDB_DIR: give wandb.init the run's folder itself.
+        local = RunDir(run_dir).local_dir
+        local.mkdir(parents=True, exist_ok=True)
+        kwargs["dir"] = str(local)
         callbacks.append(_wandb_callback_class()(
             project=cfg.wandb.project, group=sweep_name, tags=list(cfg.wandb.tags), mode=wandb_mode(cfg),
             # At the end Ray kills logging actors still writing after this long: a busy machine or a slow
