@@ -51,10 +51,10 @@ def resolve(workflow_file: Path, root: Path, inputs: list[Path], payloads: dict[
         text = json.dumps(raw)
         text = text.replace("{{output}}", str(output)).replace("{{workflow_id}}", workflow_id)
         for task in spec["groups"][0]["tasks"]:
-            text = text.replace("{{host:%s}}" % task["name"], "127.0.0.1")
+            text = text.replace("{{host:" + task["name"] + "}}", "127.0.0.1")
         for i, folder in enumerate(inputs):
             if i < len(raw.get("inputs") or []):
-                text = text.replace("{{input:%d}}" % i, str(folder))
+                text = text.replace("{{input:" + str(i) + "}}", str(folder))
         assert "{{" not in text, f"an unresolved token in task {raw['name']}"
         task = json.loads(text)
         files_root = root / "files" / task["name"]
