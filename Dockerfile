@@ -9,15 +9,21 @@
 ARG BASE=nvcr.io/nvidia/pytorch:25.01-py3
 FROM ${BASE}
 
-# Empty: torch from PyPI (CUDA wheels on Linux); the CPU build: https://download.pytorch.org/whl/cpu
+# For a base without torch: empty = torch from PyPI (CUDA wheels on Linux); the CPU build:
+# https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX=""
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 RAY_USAGE_STATS_ENABLED=0
 WORKDIR /app
 
-# Dependencies first (cached while only the code changes), installed the way the README says.
+# Dependencies first (cached while only the code changes), installed the way the README says. One torch:
+# the NGC base ships its own CUDA build (with its NCCL and cuDNN), which stays, pinned so that no
+# dependency replaces it; a PyPI torch on top would add a second CUDA stack. A base without torch
+# (python:3.11-slim) gets the README's torch==2.13.0.
 COPY pyproject.toml README.md ./
 COPY tune_app ./tune_app
-RUN pip install torch==2.13.0 ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} && pip install -e .
+RUN if python -c "import torch" 2>/dev/null; then \
+      python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch-pin.txt && pip install -c /tmp/torch-pin.txt -e .; \
+    else pip install torch==2.13.0 ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} && pip install -e .; fi
 
 COPY configs ./configs
 COPY search_spaces ./search_spaces

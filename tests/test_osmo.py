@@ -187,8 +187,12 @@ def test_dockerfile_installs_the_readme_way_and_ships_what_the_workflow_runs():
     readme = (REPO / "README.md").read_text()
     main_cmd = re.search(r"```bash\n(pip install .*?) && python -m tune_app run", readme).group(1)
     assert main_cmd == "pip install torch==2.13.0 && pip install -e ."
-    run = next(line for line in docker.splitlines() if line.startswith("RUN "))
-    assert re.sub(r' \$\{TORCH_INDEX:\+[^}]*\}', "", run) == f"RUN {main_cmd}"              # the README's install, nothing else
+    run = docker[docker.index("\nRUN ") + 1:].split("\n\n", 1)[0].replace("\\\n", "")
+    keep_torch, no_torch = re.split(r";\s+else ", run, maxsplit=1)
+    # A base with torch (NGC) keeps it, pinned; a base without gets the README's install, nothing else.
+    assert 'if python -c "import torch"' in keep_torch and "pip install -c /tmp/torch-pin.txt -e ." in keep_torch
+    assert "torch==2.13.0" not in keep_torch
+    assert re.sub(r' \$\{TORCH_INDEX:\+[^}]*\}', "", no_torch).split("; fi")[0].strip() == main_cmd
     assert re.search(r"^ARG BASE=nvcr\.io/nvidia/pytorch:\S+$", docker, re.M) and "FROM ${BASE}" in docker
     assert "WORKDIR /app" in docker
     app_dir = yaml.safe_load((REPO / "osmo" / "ray-sweep.yaml").read_text().split("default-values:", 1)[1])["app_dir"]

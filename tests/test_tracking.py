@@ -213,3 +213,34 @@ def test_ctrl_c_finishes_open_wandb_runs_and_says_how_to_resume(tmp_path):
     for log in logs:                                      # each open run was finished, not killed mid-write
         assert any(r.WhichOneof("record_type") == "exit" for r in records(log))
     os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+
+
+@pytest.mark.slow
+def test_mlflow_with_a_bucket_run_directory(tmp_path):
+    """A URI run directory (file:// goes through pyarrow exactly like s3://) with MLflow's default store:
+    one parent run with nested trial runs, closed at the end; store and artifacts end up in the run
+    directory, nothing in the current folder's ./mlruns."""
+    from mlflow.tracking import MlflowClient
+
+    space = grid_space(tmp_path, "two", [1.0e-4, 3.0e-4], "ray: {name: inbucket}")
+    bucket = tmp_path / "bucket"
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["run", str(space), "--storage", f"file://{bucket}", "--num-cpus", "2", "--override", "mlflow.enabled=true"]
+    for o in SHORT:
+        args += ["--override", o]
+    proc = run_cli(*args, cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = bucket / "inbucket"
+    assert (run_dir / "mlflow_parent_run_id").is_file() and (run_dir / "mlflow.db").is_file()
+    assert not (work / "mlruns").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("inbucket")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tune_app.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 2 and parents[0].info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert list((run_dir / "mlflow-artifacts").rglob("model.safetensors"))        # artifacts beside the store
+    status = run_cli("status", f"file://{run_dir}", cwd=work)
+    assert status.returncode == 0 and status.stdout.count("TERMINATED") == 2, status.stderr[-2000:]

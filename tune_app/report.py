@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .checks import check_writable_file
 from .results import load_run
+from .rundir import RunDir
 
 CURVE_KEYS = ("step", "loss", "val_loss", "lr", "lr_backbone", "l1_loss", "kl_loss")
 
@@ -45,7 +46,7 @@ def render_html(data: dict) -> str:
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the report (atomically); the run is read and the output place checked before any write."""
-    out = Path(output) if output else Path(run_dir) / "report.html"
+    out = Path(output) if output else RunDir(run_dir).local_dir / "report.html"
     text = render_html(report_data(run_dir))
     check_writable_file(out, "-o")
     out.parent.mkdir(parents=True, exist_ok=True)

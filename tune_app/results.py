@@ -6,8 +6,11 @@ code, so ``status`` works during a sweep, after it, and on a machine without the
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 
 from .errors import UserError
 from .policy.manifest import complete_checkpoints
+from .rundir import RunDir
 from .search_space import trial_name
 from .yamlio import read_text
 
@@ -143,6 +147,7 @@ def _latest_checkpoint(run_dir: Path, trial_id: str) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
+SWEEP_FILE = "sweep.json"
 SWEEP_META_KEYS = ("name", "metric", "mode", "parameters")
 
 
@@ -159,11 +164,37 @@ def read_sweep_meta(meta_file: Path) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Everything ``status``/``report`` show about a sweep directory."""
-    path = Path(run_dir).resolve()
-    meta_file = path / "sweep.json"
+    """Everything ``status``/``report`` show about a sweep directory (a local folder or a URI)."""
+    rd = RunDir(run_dir)
+    if rd.remote:
+        return _load_remote(rd)
+    return _load_local(rd.path)
+
+
+def _load_remote(rd: RunDir) -> Run:
+    """A bucket run: its files but the checkpoints are copied to a temporary folder (removed at exit) and
+    read from there; checkpoints are named by their URI, complete ones only."""
+    from . import storage
+    from .policy.manifest import is_complete_fs
+
+    if not rd.exists(SWEEP_FILE):
+        raise UserError(f"{rd}: not a tune_app sweep directory (no {SWEEP_FILE}); give the directory `run` printed")
+    tmp = Path(tempfile.mkdtemp(prefix="tune_app_run_"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    fs, root = rd.filesystem()
+    checkpoints = storage.mirror(fs, root, tmp)
+    run = _load_local(tmp)
+    for trial in run.trials:
+        complete = [c for c in checkpoints.get(f"trials/train-{trial.trial_id}", []) if is_complete_fs(fs, f"{root}/{c}")]
+        trial.checkpoint = f"{rd}/{complete[-1]}" if complete else None
+    return run
+
+
+def _load_local(path: Path) -> Run:
+    path = path.resolve()
+    meta_file = path / SWEEP_FILE
     if not meta_file.is_file():
-        raise UserError(f"{run_dir}: not a tune_app sweep directory (no sweep.json); give the directory `run` printed, e.g. runs/lr_grid")
+        raise UserError(f"{path}: not a tune_app sweep directory (no sweep.json); give the directory `run` printed, e.g. runs/lr_grid")
     meta = read_sweep_meta(meta_file)
     trials: list[TrialRecord] = []
     state_file = _latest_state_file(path)

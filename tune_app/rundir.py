@@ -22,7 +22,11 @@ class RunDir:
         self.remote = fs is not None or "://" in text
         if self.remote:
             self.uri = text.rstrip("/")
-            self._fs, self._root = (fs, self.uri) if fs is not None else _split(self.uri)
+            if fs is None or "://" in self.uri:
+                fs_of_uri, self._root = _split(self.uri) if "://" in self.uri else (None, self.uri)
+                self._fs = fs or fs_of_uri
+            else:
+                self._fs, self._root = fs, self.uri
             self._root = self._root.rstrip("/")
         else:
             self.path = Path(text.removeprefix("file://")).expanduser().absolute()
