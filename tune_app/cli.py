@@ -152,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import cluster, tracking
     from .data import check_batches_fit, ensure_data
+    from .rundir import RunDir
     from .search_space import load_sweep
     from .sweep import check_run_dir, check_same_sweep, run_dir_for, run_sweep, sweep_exists
 
@@ -182,10 +183,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _hold_dashboard(args, conn)
     finally:
         cluster.shutdown()
-    if args.eval_best and summary.get("best_trial") and (Path(run_dir) / "best").is_dir():
+    local = RunDir(run_dir).local_dir                # a bucket run's best/ is in its local working copy
+    if args.eval_best and summary.get("best_trial") and (local / "best").is_dir():
         from .evaluate import run_eval
 
-        run_eval(str(Path(run_dir) / "best"), None, [], args.eval_device, str(Path(run_dir) / "best_eval.csv"))
+        run_eval(str(local / "best"), None, [], args.eval_device, str(local / "best_eval.csv"))
     return _sweep_exit_code(summary)
 
 
