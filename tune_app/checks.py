@@ -25,11 +25,6 @@ def check_name(name: object, what: str) -> str:
     return name
 
 
-def is_uri(path: str) -> bool:
-    """A bucket URI (``s3://``, ``gs://``, ...) rather than a local path (``file://`` counts as local)."""
-    return "://" in path and not path.startswith("file://")
-
-
 def _nearest_existing(path: Path) -> Path:
     path = path.absolute()
     while not path.exists() and not path.is_symlink():

@@ -213,7 +213,6 @@ def _sweep_exit_code(summary: dict) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from . import cluster, tracking
-    from .checks import is_uri
     from .sweep import load_resumable, resume_sweep
 
     sweep = load_resumable(args.run_dir)          # before Ray starts: is it a sweep at all?
@@ -221,7 +220,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     tracking.prepare_environment(sweep.base, sweep.run_dir)
     storage = sweep.run_dir.rsplit("/", 1)[0]
     try:
-        conn = _connect(args, args.num_cpus, storage=storage if is_uri(storage) else str(Path(storage).resolve()))
+        conn = _connect(args, args.num_cpus, storage=storage if "://" in storage else str(Path(storage).resolve()))
         summary = resume_sweep(sweep, conn)
     finally:
         cluster.shutdown()
