@@ -100,14 +100,16 @@ def _hold_dashboard(args: argparse.Namespace, conn) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import cluster, schedule, tracking
+    from . import cluster, tracking
     from .config import load_config, save_config
-    from .data import check_batches_fit, describe_source, ensure_data
     from .train_dir import check_train_dir, claim_train_dir
 
     cfg = load_config(args.config, args.override)
     out = Path(cfg.training.output_dir)
     resuming = check_train_dir(out, args.resume, args.overwrite)
+    from . import schedule                                            # torch: after the checks that need none
+    from .data import check_batches_fit, describe_source, ensure_data
+
     if warning := schedule.describe(cfg.training):
         print(f"warning: {warning}", file=sys.stderr)
     if cfg.mlflow.enabled:
@@ -151,7 +153,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import cluster, tracking
-    from .data import check_batches_fit, ensure_data
     from .rundir import RunDir
     from .search_space import load_sweep
     from .sweep import check_run_dir, check_same_sweep, run_dir_for, run_sweep, sweep_exists
@@ -170,6 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.num_cpus = _first_set(args.num_cpus, sweep.base.ray.num_cpus)
         return cmd_resume(args)
     run_dir = check_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
+    from .data import check_batches_fit, ensure_data                # torch: after the checks that need none
     if args.eval_best:
         from .evaluate import check_device
 
