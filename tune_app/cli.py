@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.override)
     out = Path(cfg.training.output_dir)
     resuming = check_train_dir(out, args.resume, args.overwrite)
-    from . import schedule                                            # torch: after the checks that need none
+    from . import schedule  # torch: after the checks that need none
     from .data import check_batches_fit, describe_source, ensure_data
 
     if warning := schedule.describe(cfg.training):
@@ -171,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.num_cpus = _first_set(args.num_cpus, sweep.base.ray.num_cpus)
         return cmd_resume(args)
     run_dir = check_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
-    from .data import check_batches_fit, ensure_data                # torch: after the checks that need none
+    from .data import check_batches_fit, ensure_data  # torch: after the checks that need none
     if args.eval_best:
         from .evaluate import check_device
 
