@@ -260,3 +260,32 @@ def test_submit_uploads_only_tracked_files_and_the_named_ones(tmp_path):
         space.unlink()
     assert ".env_test_untracked" not in files and "tests/_tmp_upload_space.yaml" in files
     assert "tune_app/cli.py" in files and not any(f.startswith((".venv/", ".git/")) for f in files)
+
+
+SIGTERM_NOISE = """\
+\x1b[36m(run_trial pid=12019)\x1b[0m Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f449ee66480>
+\x1b[36m(run_trial pid=12019)\x1b[0m Traceback (most recent call last):
+\x1b[36m(run_trial pid=12019)\x1b[0m   File "/usr/lib/python3.11/_weakrefset.py", line 39, in _remove
+\x1b[36m(run_trial pid=12019)\x1b[0m     def _remove(item, selfref=ref(self)):
+\x1b[36m(run_trial pid=12019)\x1b[0m 
+\x1b[36m(run_trial pid=12019)\x1b[0m   File "/x/ray/_private/worker.py", line 1063, in sigterm_handler
+\x1b[36m(run_trial pid=12019)\x1b[0m     raise_sys_exit_with_custom_error_message(
+\x1b[36m(run_trial pid=12019)\x1b[0m SystemExit: 1
+"""
+
+
+def test_the_driver_drops_only_rays_sigterm_noise_from_worker_output():
+    """The block Ray forwards when its SIGTERM handler fires inside a weakref callback is dropped; a
+    worker's real traceback, and everything else, is printed as it came."""
+    import io
+
+    from tune_app.ray_output import WorkerOutputFilter
+
+    real_error = SIGTERM_NOISE.replace("sigterm_handler", "train_step").replace("SystemExit: 1", "SystemExit: 3")
+    other = "\x1b[36m(RayTrainWorker pid=7)\x1b[0m step 10/20 | loss 1.0\nplain driver line\n"
+    out = io.StringIO()
+    stream = WorkerOutputFilter(out)
+    for chunk in (other[:17], other[17:], SIGTERM_NOISE, real_error):     # writes split anywhere
+        stream.write(chunk)
+    stream.flush()
+    assert out.getvalue() == other + real_error

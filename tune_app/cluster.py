@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import ray_output
 from .errors import UserError
 
 # Why each default (see ray-notes.md):
@@ -112,6 +113,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
     address = address or os.environ.get("RAY_ADDRESS") or None
     ray_env_defaults(local=address is None)
     import ray
+
+    ray_output.install()
 
     if ray.is_initialized():
         ctx = None
@@ -253,6 +256,7 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    ray_output.uninstall()
     for key, before in _OWNED_ENV.items():
         if before is None:
             os.environ.pop(key, None)
