@@ -1,7 +1,7 @@
 """What running the training loop inside a Ray Train TorchTrainer costs, measured side by side.
 
 The same config, data, model and steps run twice in this process's session:
-  1. plain PyTorch: ``tune_app.train_loop.run`` with a LocalSession (no Ray at all);
+  1. plain PyTorch: ``tune_app.train.loop.run`` with a LocalSession (no Ray at all);
   2. a 1-worker TorchTrainer on an embedded local Ray (the path every trial takes).
 Both use one intra-op thread (Ray gives a 1-CPU worker OMP_NUM_THREADS=1).
 
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from tune_app import cluster
+from tune_app.cluster import connect as cluster
 from tune_app.config import load_config
-from tune_app.session import LocalSession
-from tune_app.train_loop import run
+from tune_app.train.loop import run
+from tune_app.train.session import LocalSession
 from tune_app.trainable import MetricsFileCallback, fit_run
 
 REPO = Path(__file__).resolve().parents[1]

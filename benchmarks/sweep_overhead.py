@@ -3,9 +3,9 @@
 Runs search_spaces/lr_grid.yaml (shortened with --steps) twice, each in its own process and Ray
 session, with the same train loop, data and trials:
 
-* "tune_app": `tune_app run` as shipped (tune_app.cluster.connect + run_sweep: the controller in
+* "tune_app": `tune_app run` as shipped (tune_app.cluster.connect.connect + run_sweep: the controller in
   the trial's process, trial processes and their DDP workers reused, one placement-group janitor per sweep, fast Train
-  polling; see tune_app/trainer.py);
+  polling; see tune_app/fastpath/trainer.py);
 * "stock": the pattern the issue measured: a plain ray.init with Ray's defaults, a Tune function
   trainable calling Ray's own TorchTrainer(...).fit() with TuneReportCallback, no actor reuse.
 
@@ -71,14 +71,14 @@ def run_stock(sweep, storage: str, slots: int, gpus: float) -> Path:
 
 
 def measure(mode: str, steps: int, workers: int, storage: str) -> dict:
-    from tune_app.search_space import load_sweep
-    from tune_app.sweep import default_concurrency, run_sweep
+    from tune_app.sweep.run import default_concurrency, run_sweep
+    from tune_app.sweep.space import load_sweep
 
     overrides = [f"training.steps={steps}", f"training.log_freq={max(steps // 4, 1)}",
                  f"training.eval_freq={steps}", f"training.save_freq={steps}", f"ray.num_workers={workers}"]
     sweep = load_sweep(REPO / "search_spaces" / "lr_grid.yaml", overrides=overrides, storage_path=storage)
     if mode == "tune_app":
-        from tune_app import cluster
+        from tune_app.cluster import connect as cluster
 
         conn = cluster.connect(num_cpus=2, log_to_driver=False)
         slots = default_concurrency(sweep, conn)
@@ -88,7 +88,7 @@ def measure(mode: str, steps: int, workers: int, storage: str) -> dict:
     else:
         import ray
 
-        from tune_app.cluster import Connection
+        from tune_app.cluster.connect import Connection
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=2, log_to_driver=False)

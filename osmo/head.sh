@@ -42,10 +42,10 @@ if [ "${RAY_AUTH_MODE:-token}" != "disabled" ]; then
 fi
 
 # Arguments from TUNE_APP_ARGV, one per line (read, never evaluated); the object store's size.
-argv_text=$(python -m tune_app.node argv) || exit 2
+argv_text=$(python -m tune_app.cluster.node argv) || exit 2
 argv=()
 if [ -n "$argv_text" ]; then mapfile -t argv <<< "$argv_text"; fi
-object_store=$(python -m tune_app.node object-store "${SHM_SIZE:-}") || exit 2
+object_store=$(python -m tune_app.cluster.node object-store "${SHM_SIZE:-}") || exit 2
 
 # The dashboard stays on 127.0.0.1: `osmo workflow port-forward WF head --port 8265` reaches it there.
 # shellcheck disable=SC2086

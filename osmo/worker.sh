@@ -19,7 +19,7 @@ if [ "${RAY_AUTH_MODE:-token}" != "disabled" ]; then
   : "${RAY_AUTH_TOKEN:?set RAY_AUTH_TOKEN to the token of the cluster (an OSMO credential mapped into every task)}"
   export RAY_AUTH_MODE=token
 fi
-object_store=$(python -m tune_app.node object-store "${SHM_SIZE:-}") || exit 2
+object_store=$(python -m tune_app.cluster.node object-store "${SHM_SIZE:-}") || exit 2
 
 since=$SECONDS
 while true; do

@@ -32,7 +32,7 @@ def grid_space(folder: Path, name: str, lrs: list[float], extra: str = "") -> Pa
 @pytest.fixture(scope="module")
 def ray_local():
     """One embedded local Ray (2 CPUs, dashboard on) for every test in a module."""
-    from tune_app import cluster
+    from tune_app.cluster import connect as cluster
 
     conn = cluster.connect(num_cpus=2, log_to_driver=False)
     yield conn

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from tune_app.osmo import Problems, render, split_sections
+from tune_app.cluster.osmo import Problems, render, split_sections
 
 
 @dataclass

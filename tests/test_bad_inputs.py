@@ -187,8 +187,8 @@ def sandbox(tmp_path_factory):
         (folder / "base_config.yaml").write_text(tiny)
     # a real checkpoint (trained without Ray) and two damaged copies
     from tune_app.config import load_config
-    from tune_app.session import LocalSession
-    from tune_app.train_loop import run
+    from tune_app.train.loop import run
+    from tune_app.train.session import LocalSession
 
     cfg = load_config(TINY, ["training.steps=2", "training.save_freq=2", "training.eval_freq=2", "training.log_freq=2",
                              "data.demo_episodes=6", "data.demo_episode_len=20", "training.device=cpu"])

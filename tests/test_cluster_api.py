@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tune_app.results import load_run
+from tune_app.sweep.results import load_run
 
 from .conftest import REPO, TINY, run_cli
 from .raycluster import RayHead, free_port, pids_matching, ray_env, short_tmp, stop

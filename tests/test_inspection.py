@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from tune_app.data import ChunkDataset, prepare
-from tune_app.evaluate import evaluate
+from tune_app.inspection.evaluate import evaluate
+from tune_app.inspection.report import extract_data, write_report
 from tune_app.policy.act import act_loss
 from tune_app.policy.checkpoint import load_policy
-from tune_app.report import extract_data, write_report
-from tune_app.search_space import load_sweep
-from tune_app.sweep import run_sweep
+from tune_app.sweep.run import run_sweep
+from tune_app.sweep.space import load_sweep
 
 from .conftest import TINY
 
@@ -152,7 +152,7 @@ def test_finishing_a_sweep_in_a_bucket_mirrors_without_checkpoints(sweep_dir, tm
     """The bucket code path (pyarrow filesystem) on a local filesystem: mirror, best checkpoint, upload."""
     import pyarrow.fs
 
-    from tune_app.sweep import finish
+    from tune_app.sweep.run import finish
 
     run_dir, summary = sweep_dir
     bucket = tmp_path / "bucket" / "inspect"

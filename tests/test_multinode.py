@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tune_app.results import load_run
+from tune_app.sweep.results import load_run
 
 from .conftest import REPO, TINY
 from .raycluster import free_port, pids_matching, ray_env, short_tmp, stop

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tune_app.cli import main as cli_main
-from tune_app.osmo import validate_file, validate_text
+from tune_app.cluster.osmo import validate_file, validate_text
 
 from .conftest import REPO
 
@@ -302,7 +302,7 @@ def test_render_maps_the_storage_endpoint_and_shm_and_reschedules_a_killed_head(
 
 
 def test_render_names_the_workflow_after_the_sweep(tmp_path, capsys):
-    from tune_app.osmo import workflow_name
+    from tune_app.cluster.osmo import workflow_name
 
     assert _render(tmp_path, capsys, "--set", "sweep_name=my.sweep_2")["name"] == "lr_grid"     # --set is literal
     assert workflow_name("lr_grid") == "lr_grid" and workflow_name("2024.run") == "sweep-2024-run"

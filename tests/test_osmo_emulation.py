@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tune_app.cli import main as cli_main
-from tune_app.results import load_run
+from tune_app.sweep.results import load_run
 
 from .conftest import REPO
 from .osmo_emulator import resolve, start

@@ -1,4 +1,4 @@
-"""Reading a run directory while Tune writes it (tune_app/results.py)."""
+"""Reading a run directory while Tune writes it (tune_app/sweep/results.py)."""
 
 import json
 import threading
@@ -15,7 +15,7 @@ def _run_dir(tmp_path):
 
 
 def test_status_reads_the_state_again_when_it_catches_tune_rewriting_it(tmp_path):
-    from tune_app.results import load_run
+    from tune_app.sweep.results import load_run
 
     state_file, state = _run_dir(tmp_path)
     state_file.write_text(state[: len(state) // 2])            # Tune is half-way through rewriting the file

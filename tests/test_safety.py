@@ -20,11 +20,11 @@ from tune_app.data.lerobot import write_lerobot_dataset
 from tune_app.errors import UserError, as_user_error, find_user_error, mask_secrets
 from tune_app.policy.checkpoint import load_training_state
 from tune_app.policy.manifest import MANIFEST, complete_checkpoints, is_complete, write_manifest
-from tune_app.results import load_run
-from tune_app.search_space import load_sweep
-from tune_app.session import LocalSession
-from tune_app.sweep import check_run_dir, claim_run_dir
-from tune_app.train_loop import run
+from tune_app.sweep.results import load_run
+from tune_app.sweep.run import check_run_dir, claim_run_dir
+from tune_app.sweep.space import load_sweep
+from tune_app.train.loop import run
+from tune_app.train.session import LocalSession
 
 from .conftest import REPO, TINY
 
@@ -145,7 +145,7 @@ def test_resume_skips_a_checkpoint_whose_state_would_run_code(tmp_path, capsys):
 
 
 def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
-    from tune_app.train_loop import rng_state, set_rng_state
+    from tune_app.train.loop import rng_state, set_rng_state
 
     torch.manual_seed(3)
     state = rng_state()
@@ -163,7 +163,7 @@ def test_status_never_picks_a_partly_copied_checkpoint(tmp_path):
     partial = trial_dir / "checkpoint_000030"
     shutil.copytree(session.checkpoints[-1] / "pretrained_model", partial / "pretrained_model")   # no manifest
     (run_dir / "sweep.json").write_text(json.dumps({"name": "sw", "metric": "val_loss", "mode": "min", "parameters": []}))
-    from tune_app.results import _latest_checkpoint
+    from tune_app.sweep.results import _latest_checkpoint
 
     assert _latest_checkpoint(run_dir, "t1") == str(trial_dir / "checkpoint_000020")
     assert load_run(run_dir).trials == []
@@ -247,7 +247,7 @@ def test_a_user_error_inside_ray_train_worker_failures_is_found():
 
 
 def test_submit_uploads_only_tracked_files_and_the_named_ones(tmp_path):
-    from tune_app.submit import upload_list
+    from tune_app.cluster.submit import upload_list
 
     secret = REPO / ".env_test_untracked"
     secret.write_text("AWS_SECRET_ACCESS_KEY=x")
@@ -279,7 +279,7 @@ def test_the_driver_drops_only_rays_sigterm_noise_from_worker_output():
     worker's real traceback, and everything else, is printed as it came."""
     import io
 
-    from tune_app.ray_output import WorkerOutputFilter
+    from tune_app.cluster.ray_output import WorkerOutputFilter
 
     real_error = SIGTERM_NOISE.replace("sigterm_handler", "train_step").replace("SystemExit: 1", "SystemExit: 3")
     other = "\x1b[36m(RayTrainWorker pid=7)\x1b[0m step 10/20 | loss 1.0\nplain driver line\n"

@@ -12,8 +12,8 @@ import pytest
 
 from tune_app.config import load_config
 from tune_app.errors import UserError, find_user_error
-from tune_app.search_space import load_sweep
-from tune_app.sweep import run_sweep
+from tune_app.sweep.run import run_sweep
+from tune_app.sweep.space import load_sweep
 
 from .conftest import TINY, grid_space, run_cli
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tune_app.config import load_config
-from tune_app.schedule import build_scheduler, cosine_factor, describe
+from tune_app.train.schedule import build_scheduler, cosine_factor, describe
 
 
 def _optimizer(lr=1e-4, lr_backbone=1e-5):

@@ -3,7 +3,7 @@
 import pytest
 
 from tune_app.errors import UserError
-from tune_app.search_space import load_sweep, trial_name
+from tune_app.sweep.space import load_sweep, trial_name
 
 from .conftest import REPO, run_cli
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tune_app.results import load_run, render_table
-from tune_app.search_space import load_sweep
-from tune_app.sweep import run_sweep
+from tune_app.sweep.results import load_run, render_table
+from tune_app.sweep.run import run_sweep
+from tune_app.sweep.space import load_sweep
 
 from .conftest import REPO, grid_space, run_cli
 
@@ -164,13 +164,13 @@ def _quick_trial(config):
 
 
 def test_tune_state_on_storage_is_never_behind_a_trial_transition(ray_local, tmp_path):
-    """tune_app.tune_state: after every controller step the experiment state on storage (what ``status``
+    """tune_app.fastpath.tune_state: after every controller step the experiment state on storage (what ``status``
     reads and ``resume`` restores) lists every trial with its current status; Tune alone saves it at most
     every 10 s, so quick trials were missing from it or still RUNNING there after they finished."""
     from ray import tune
 
-    from tune_app.results import _latest_state_file, _trial_entries
-    from tune_app.tune_state import durable_state
+    from tune_app.fastpath.tune_state import durable_state
+    from tune_app.sweep.results import _latest_state_file, _trial_entries
 
     seen = []
 
@@ -198,7 +198,7 @@ def test_janitor_frees_the_placement_group_of_a_killed_run_owner(ray_local):
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from tune_app.janitor import start_janitor
+    from tune_app.fastpath.janitor import start_janitor
 
     janitor = start_janitor("janitor-test")
 
@@ -226,7 +226,7 @@ def test_janitor_frees_the_placement_group_of_a_killed_run_owner(ray_local):
 
 
 def test_kept_workers_are_reused_only_when_alive_and_of_the_same_shape_and_freed_when_unclaimed(ray_local):
-    """tune_app.warm_workers: a trial process keeps a finished run's workers for its next run, and never
+    """tune_app.fastpath.warm_workers: a trial process keeps a finished run's workers for its next run, and never
     holds them when they cannot be used: another shape, a dead worker, or nobody claiming them in time."""
     import ray
     from ray.train.v2._internal.execution.checkpoint.sync_actor import SynchronizationActor
@@ -235,7 +235,7 @@ def test_kept_workers_are_reused_only_when_alive_and_of_the_same_shape_and_freed
     from ray.util.placement_group import placement_group, placement_group_table
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from tune_app.warm_workers import Kept, WarmPool
+    from tune_app.fastpath.warm_workers import Kept, WarmPool
 
     def finished_run():
         pg = placement_group([{"CPU": 1}])

@@ -13,7 +13,7 @@ import torch
 
 from tune_app.config import load_config
 from tune_app.policy.checkpoint import load_policy
-from tune_app.train_loop import validate
+from tune_app.train.loop import validate
 from tune_app.trainable import MetricsFileCallback, fit_run
 
 from .conftest import REPO, TINY, run_cli
@@ -118,7 +118,7 @@ def test_ddp_trains_on_ros_bags_from_the_shared_cache(ray_local, tmp_path):
 
 STATE_PROBE = """
 import ray
-from tune_app import cluster
+from tune_app.cluster import connect as cluster
 from ray.train.v2._internal.state.util import is_actor_alive
 
 conn = cluster.connect(num_cpus=1, log_to_driver=False)

@@ -11,7 +11,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from .errors import UserError
+from tune_app.errors import UserError
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 MAX_NAME = 64

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from .errors import UserError, mask_secrets
-from .yamlio import dump_yaml, load_yaml, parse_scalar
+from tune_app.errors import UserError, mask_secrets
+from tune_app.yamlio import dump_yaml, load_yaml, parse_scalar
 
 
 @dataclass

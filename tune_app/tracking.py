@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import UserError, mask_secrets
-from .rundir import RunDir
+from tune_app.config import Config
+from tune_app.errors import UserError, mask_secrets
+from tune_app.sweep.rundir import RunDir
 
 log = logging.getLogger("tune_app.tracking")
 PARENT_FILE = "mlflow_parent_run_id"
@@ -212,7 +212,7 @@ def make_sweep_mlflow_callback(cfg: Config, sweep_name: str, run_dir: str):
 
         def __init__(self):
             super().__init__(tracking_uri=mlflow_uri(cfg, run_dir), experiment_name=cfg.mlflow.experiment_name or sweep_name,
-                             tags={**cfg.mlflow.tags, "tune_app.sweep": sweep_name}, save_artifact=False)
+                             tags={**cfg.mlflow.tags, "tune_app.sweep.run": sweep_name}, save_artifact=False)
             self.parent_run_id: str | None = None
 
         def setup(self, *args, **kwargs):
@@ -266,7 +266,7 @@ def make_sweep_mlflow_callback(cfg: Config, sweep_name: str, run_dir: str):
 def _base_params(run_dir: str) -> dict[str, Any]:
     import yaml
 
-    from .config import flatten
+    from tune_app.config import flatten
 
     text = RunDir(run_dir).read_text("base_config.yaml")
     return flatten(yaml.safe_load(text) or {}) if text else {}
@@ -336,7 +336,7 @@ class TrainTrackingCallback(_UserCallback):
         self._client = None
 
     def _start(self) -> None:
-        from .config import config_from_dict, flatten
+        from tune_app.config import config_from_dict, flatten
 
         cfg = config_from_dict(self.config)
         params = flatten(self.config)

@@ -1,8 +1,8 @@
 """Ray Train jobs: the TorchTrainer for one training run, and the Tune trainable that runs one per trial.
 
 Train V2 pattern (ray-notes.md §1): a Tune *function* trainable is the Train driver; it builds a
-``TorchTrainer`` (:mod:`tune_app.trainer`) whose workers run
-:func:`tune_app.train_loop.train_loop_per_worker`, and :class:`TrialReportCallback` forwards rank 0's
+``TorchTrainer`` (:mod:`tune_app.fastpath.trainer`) whose workers run
+:func:`tune_app.train.loop.train_loop_per_worker`, and :class:`TrialReportCallback` forwards rank 0's
 reports to Tune. The trainable itself holds no CPU (``{"cpu": 0, "memory": 1}``), so a trial's
 workers can use every CPU its resources name.
 """
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from ray.train import UserCallback
 
-from .config import Config
+from tune_app.config import Config
 
 if TYPE_CHECKING:
-    from .trainer import TrialStop
+    from tune_app.fastpath.trainer import TrialStop
 
 
 class MetricsFileCallback(UserCallback):
@@ -59,15 +59,15 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
     Its run lives at ``storage_path/name``; a run restarted with the same pair resumes from its
     latest checkpoint (Train V2 restores it automatically). Inside a Tune trial, ``trial_stop``
     (the trial's stop event) and ``janitor`` (the sweep's placement-group janitor) are given: the
-    Train controller then runs in the trial's process (:mod:`tune_app.trainer`). ``stock``: Ray's
+    Train controller then runs in the trial's process (:mod:`tune_app.fastpath.trainer`). ``stock``: Ray's
     unmodified ``TorchTrainer`` instead (what benchmarks/sweep_overhead.py compares against).
     """
     import ray.train
     import ray.train.torch
     from ray.train.v2.api.config import LoggingConfig
 
-    from . import trainer
-    from .train_loop import train_loop_per_worker
+    from tune_app.fastpath import trainer
+    from tune_app.train.loop import train_loop_per_worker
 
     use_gpu, resources = worker_resources(cfg, cluster_gpus)
     trainer_cls, extra = ((ray.train.torch.TorchTrainer, {}) if stock else
@@ -103,8 +103,8 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, clu
     """
     from ray import tune
 
-    from .config import build_config
-    from .trainer import TrialStop
+    from tune_app.config import build_config
+    from tune_app.fastpath.trainer import TrialStop
 
     cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
     trial_id = tune.get_context().get_trial_id()
@@ -120,7 +120,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str, clu
 class TrialReportCallback(UserCallback):
     """Reports rank 0's metrics to Tune (``checkpoint_path`` added, as Ray's ``TuneReportCallback``).
 
-    The Train controller runs in the trial's own thread here (:mod:`tune_app.trainer`), so this
+    The Train controller runs in the trial's own thread here (:mod:`tune_app.fastpath.trainer`), so this
     calls ``tune.report`` directly, the path Tune designed for function trainables: no queue actor
     per trial, and none of the Ray 2.60 race where Tune's main thread forwarding a queued report
     after the trial function returned blocks the trial forever. When Tune stops the trial, its

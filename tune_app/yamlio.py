@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError, os_error_message
+from tune_app.errors import UserError, os_error_message
 
 
 class _Loader(yaml.SafeLoader):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
-from ..errors import UserError
-from .dataset import ChunkDataset, NormStats, compute_stats
-from .demo import make_demo
-from .episodes import EpisodeSet, split_episodes
+from tune_app.config import Config
+from tune_app.data.dataset import ChunkDataset, NormStats, compute_stats
+from tune_app.data.demo import make_demo
+from tune_app.data.episodes import EpisodeSet, split_episodes
+from tune_app.errors import UserError
 
 __all__ = ["ChunkDataset", "EpisodeSet", "NormStats", "Prepared", "describe_source", "ensure_data", "load_episode_set", "prepare"]
 
@@ -39,7 +39,7 @@ def load_episode_set(cfg: Config) -> EpisodeSet:
     """All episodes of the configured source."""
     check_source(cfg)
     if cfg.data.bag_dir or cfg.data.lerobot_root:
-        from .sources import load_external
+        from tune_app.data.sources import load_external
 
         return load_external(cfg)
     h, w = cfg.conventions.image_resize
@@ -51,7 +51,7 @@ def ensure_data(cfg: Config, log=print) -> None:
     cache once (with a progress bar), so trials start by mapping it instead of decoding it."""
     check_source(cfg)
     if cfg.data.bag_dir or cfg.data.lerobot_root:
-        from .sources import prepare_cache
+        from tune_app.data.sources import prepare_cache
 
         eps, built, folder = prepare_cache(cfg)
         check_dims(eps, cfg)
@@ -68,7 +68,7 @@ def check_dims(eps: EpisodeSet, cfg: Config) -> None:
 def train_samples(cfg: Config) -> int:
     """Training samples (frames of the training episodes) the config's data gives, without images."""
     if cfg.data.bag_dir or cfg.data.lerobot_root:
-        from .sources import prepare_cache
+        from tune_app.data.sources import prepare_cache
 
         lengths = prepare_cache(cfg, log=lambda m: None)[0].episode_lengths()
     else:

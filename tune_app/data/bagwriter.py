@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from ..config import Config
-from .episodes import EpisodeSet
-from .rosbag import camera_topics
+from tune_app.config import Config
+from tune_app.data.episodes import EpisodeSet
+from tune_app.data.rosbag import camera_topics
 
 JOINT_LAG_NS = 3_000_000
 T0_NS = 1_700_000_000 * 10**9

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from ..checks import check_free_space, check_writable_dir
-from .episodes import EpisodeSet
+from tune_app.checks import check_free_space, check_writable_dir
+from tune_app.data.episodes import EpisodeSet
 
 FORMAT_VERSION = 1
 ARRAYS = ("states", "actions", "images", "episode_starts", "episode_ends", "image_moments")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .episodes import EpisodeSet
+from tune_app.data.episodes import EpisodeSet
 
 STD_FLOOR = 1e-6
 
@@ -59,7 +59,7 @@ def compute_stats(eps: EpisodeSet, episode_ids: list[int]) -> NormStats:
     if eps.image_moments is not None:
         count, total, total_sq = eps.image_moments[episode_ids].sum(0) if episode_ids else np.zeros((3, 3))
     else:
-        from .cache import image_moments
+        from tune_app.data.cache import image_moments
 
         starts, ends = eps.episode_starts[episode_ids], eps.episode_ends[episode_ids]
         count, total, total_sq = image_moments(eps.images, starts, ends).sum(0) if episode_ids else np.zeros((3, 3))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .episodes import EpisodeSet
+from tune_app.data.episodes import EpisodeSet
 
 DEMO_SEED = 20240611
 APPROACH_RATE = 0.08

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
-from ..errors import UserError
-from .cache import CacheWriter, Layout, cache_key, progress
-from .episodes import EpisodeSet
-from .images import UnsupportedImage, decode_compressed, resize
+from tune_app.config import Config
+from tune_app.data.cache import CacheWriter, Layout, cache_key, progress
+from tune_app.data.episodes import EpisodeSet
+from tune_app.data.images import UnsupportedImage, decode_compressed, resize
+from tune_app.errors import UserError
 
 REQUIRED = ("observation.state", "action", "episode_index", "frame_index")
 

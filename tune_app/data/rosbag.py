@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
-from ..errors import UserError
-from .cache import CacheWriter, Layout, cache_key, progress
-from .images import UnsupportedImage, decode_message, resize
+from tune_app.config import Config
+from tune_app.data.cache import CacheWriter, Layout, cache_key, progress
+from tune_app.data.images import UnsupportedImage, decode_message, resize
+from tune_app.errors import UserError
 
 JOINT_TYPES = {"sensor_msgs/msg/JointState"}
 IMAGE_TYPES = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"}

@@ -9,17 +9,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..config import Config
-from .cache import default_root, load_or_build
-from .episodes import EpisodeSet
+from tune_app.config import Config
+from tune_app.data.cache import default_root, load_or_build
+from tune_app.data.episodes import EpisodeSet
 
 
 def source_for(cfg: Config):
     if cfg.data.bag_dir:
-        from .rosbag import BagSource
+        from tune_app.data.rosbag import BagSource
 
         return BagSource(cfg)
-    from .lerobot import LeRobotSource
+    from tune_app.data.lerobot import LeRobotSource
 
     return LeRobotSource(cfg)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
+from tune_app.errors import UserError
 
 TORCHVISION_RESNET18_FILE = "resnet18-f37072fd.pth"
 

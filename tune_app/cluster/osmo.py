@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
-from .yamlio import read_text
+from tune_app.errors import UserError
+from tune_app.yamlio import read_text
 
 TOP_KEYS = {"workflow", "default-values", "version"}
 SPECIAL = re.compile(r"\{\{(uuid|workflow_id|output|input:[^}]+|host:[^}]+)\}\}")
@@ -583,7 +583,7 @@ def validate_file(path: str | Path, sets: list[str] | None = None, set_strings: 
 
 def workflow_template() -> Path:
     """``osmo/ray-sweep.yaml`` of this checkout (the Docker image copies the checkout to /app)."""
-    path = Path(__file__).resolve().parents[1] / "osmo" / "ray-sweep.yaml"
+    path = Path(__file__).resolve().parents[2] / "osmo" / "ray-sweep.yaml"
     if not path.is_file():
         raise UserError(f"{path} not found: `osmo render` needs the osmo/ folder of a tune_app checkout")
     return path
@@ -595,7 +595,7 @@ PLACEHOLDER_IMAGE = re.compile(r"your-org|<|>")
 def render_values(args) -> dict[str, Any]:
     """The workflow values ``osmo render`` sets for a sweep (before ``--set``), checked: the search
     space inside the checkout, a real image, credentials that follow the config, the data input."""
-    from .search_space import load_sweep
+    from tune_app.sweep.space import load_sweep
 
     repo = workflow_template().parents[1]
     try:
@@ -632,7 +632,7 @@ def render_values(args) -> dict[str, Any]:
               "wandb_credential": "wandb" if sweep.base.wandb.enabled else "",
               "mlflow_credential": "mlflow" if sweep.base.mlflow.enabled else ""}
     if args.shm_size:
-        from .node import parse_size
+        from tune_app.cluster.node import parse_size
 
         try:
             parse_size(args.shm_size)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .checks import check_writable_dir
-from .errors import UserError
-from .policy.manifest import complete_checkpoints
+from tune_app.checks import check_writable_dir
+from tune_app.errors import UserError
+from tune_app.policy.manifest import complete_checkpoints
 
 MARKER = ".tune_app_train"
 

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from ray.tune import tune as _tune_module
 from ray.tune.execution.tune_controller import TuneController
 
-from .swap import swapped
+from tune_app.fastpath.swap import swapped
 
 
 class DurableTuneController(TuneController):

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks import check_name
-from .config import HINTS, Config, build_config, check_value, closest_key, parse_override
-from .errors import UserError
-from .yamlio import load_yaml
+from tune_app.checks import check_name
+from tune_app.config import HINTS, Config, build_config, check_value, closest_key, parse_override
+from tune_app.errors import UserError
+from tune_app.yamlio import load_yaml
 
 TOP_KEYS = ["method", "metric", "parameters", "early_terminate", "run_cap", "base_config", "overrides", "ray",
             # W&B keys accepted for compatibility: name/project/entity are used, the rest are ignored.
@@ -46,7 +46,7 @@ HYPERBAND_KEYS = ["type", "min_iter", "max_iter", "eta", "s", "strict"]
 
 @dataclass
 class Sweep:
-    """A validated sweep, ready for :mod:`tune_app.sweep` to run."""
+    """A validated sweep, ready for :mod:`tune_app.sweep.run` to run."""
 
     source: Path
     name: str

@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import UserError
+from tune_app.errors import UserError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 def checkout_root() -> Path:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise UserError(f"submit: {root} is not a tune_app checkout (no pyproject.toml); run it from a clone")
     return root
@@ -61,7 +61,7 @@ def submit(space: str, address: str, storage: str | None, name: str | None, over
            follow: bool) -> int:
     from ray.job_submission import JobSubmissionClient
 
-    from .search_space import load_sweep
+    from tune_app.sweep.space import load_sweep
 
     sweep = load_sweep(space, overrides=overrides, name=name, storage_path=storage)
     storage = storage or sweep.storage_path

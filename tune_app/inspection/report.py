@@ -17,9 +17,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .checks import check_writable_file
-from .results import load_run
-from .rundir import RunDir
+from tune_app.checks import check_writable_file
+from tune_app.sweep.results import load_run
+from tune_app.sweep.rundir import RunDir
 
 CURVE_KEYS = ("step", "loss", "val_loss", "lr", "lr_backbone", "l1_loss", "kl_loss")
 
@@ -39,7 +39,7 @@ def report_data(run_dir: str | Path) -> dict:
 
 
 def render_html(data: dict) -> str:
-    template = resources.files("tune_app").joinpath("report_template.html").read_text()
+    template = resources.files("tune_app.inspection").joinpath("report_template.html").read_text()
     payload = json.dumps(data, default=str).replace("</", "<\\/")       # safe inside <script>
     return template.replace("__TITLE__", html.escape(str(data["name"]))).replace("__DATA__", payload)
 

@@ -13,7 +13,7 @@ What is kept: only a group whose last poll said every worker finished without er
 inside a barrier. An aborted (early-stopped), failed or restarted group is shut down as stock.
 Kept workers nobody claims within ``IDLE_S`` are shut down, so an idle process never holds CPUs
 another trial waits for. When the process dies, Ray ends the actors it owns and the sweep's
-janitor frees the placement group (:mod:`tune_app.janitor` keeps watching a kept group).
+janitor frees the placement group (:mod:`tune_app.fastpath.janitor` keeps watching a kept group).
 
 Ray creates the synchronization actor through the ``SynchronizationActor`` name of its
 worker-group module, with no hook; :meth:`WarmWorkerGroup._start_impl` points that name at the
@@ -35,9 +35,9 @@ from ray.train.v2._internal.execution.worker_group.state import WorkerGroupState
 from ray.train.v2._internal.execution.worker_group.worker import Worker
 from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
 
-from .swap import swapped
+from tune_app.fastpath.swap import swapped
 
-log = logging.getLogger("tune_app.warm_workers")
+log = logging.getLogger("tune_app.fastpath.warm_workers")
 
 IDLE_S = 10.0           # Tune hands a kept trial process its next trial within ~1-3 s
 CHECK_TIMEOUT_S = 10.0

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ray_output
-from .errors import UserError
+from tune_app.cluster import ray_output
+from tune_app.errors import UserError
 
 # Why each default (see ray-notes.md):
 RAY_ENV_DEFAULTS = {

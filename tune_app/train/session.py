@@ -1,6 +1,6 @@
 """Where the training loop runs: under Ray Train, or in a plain process.
 
-The loop in :mod:`tune_app.train_loop` talks to its surroundings only through a session: who am I
+The loop in :mod:`tune_app.train.loop` talks to its surroundings only through a session: who am I
 (rank, world size, device), where is the checkpoint to resume from, and report these metrics (with
 this checkpoint). :class:`RayTrainSession` maps that onto ``ray.train``; :class:`LocalSession` runs
 the same loop in one process without Ray (benchmarks, debugging), so every mode runs the same code.

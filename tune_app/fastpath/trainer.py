@@ -21,7 +21,7 @@ DDP backend and train loop — and removes the processes that do no work here:
   janitor watches the owning process through an actor handle, so it needs no State API either.
   A run driven from the driver (``tune_app train``) needs none: Ray frees a job's placement
   groups when its driver exits.
-* **Warm workers between trials** (:mod:`tune_app.warm_workers`): a trial process that drives
+* **Warm workers between trials** (:mod:`tune_app.fastpath.warm_workers`): a trial process that drives
   one run after another starts each on the workers, placement group and synchronization actor
   its previous run finished cleanly with, instead of new processes.
 """
@@ -38,10 +38,10 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.controller.state import AbortedState
 
-from .janitor import JanitorCallback
-from .warm_workers import WarmWorkerGroup
+from tune_app.fastpath.janitor import JanitorCallback
+from tune_app.fastpath.warm_workers import WarmWorkerGroup
 
-log = logging.getLogger("tune_app.trainer")
+log = logging.getLogger("tune_app.fastpath.trainer")
 
 
 class TrialStop:
@@ -51,7 +51,7 @@ class TrialStop:
     ended with ``SystemExit``, which also clears the event, so the reporter records it here. A stop
     that answers the run's final report (ASHA stops every trial at ``max_iter``) is recorded with
     ``after_run=True``: the run is not aborted, it ends by itself right after (and its workers stay
-    warm for the next trial, :mod:`tune_app.warm_workers`).
+    warm for the next trial, :mod:`tune_app.fastpath.warm_workers`).
     """
 
     def __init__(self):

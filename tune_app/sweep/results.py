@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .policy.manifest import complete_checkpoints
-from .rundir import RunDir
-from .search_space import trial_name
-from .yamlio import read_text
+from tune_app.errors import UserError
+from tune_app.policy.manifest import complete_checkpoints
+from tune_app.sweep.rundir import RunDir
+from tune_app.sweep.space import trial_name
+from tune_app.yamlio import read_text
 
 
 @dataclass
@@ -174,8 +174,8 @@ def load_run(run_dir: str | Path) -> Run:
 def _load_remote(rd: RunDir) -> Run:
     """A bucket run: its files but the checkpoints are copied to a temporary folder (removed at exit) and
     read from there; checkpoints are named by their URI, complete ones only."""
-    from . import storage
-    from .policy.manifest import is_complete_fs
+    from tune_app.policy.manifest import is_complete_fs
+    from tune_app.sweep import storage
 
     if not rd.exists(SWEEP_FILE):
         raise UserError(f"{rd}: not a tune_app sweep directory (no {SWEEP_FILE}); give the directory `run` printed")

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .config import TrainingConfig
+from tune_app.config import TrainingConfig
 
 
 def cosine_factor(step: int, warmup_steps: int, total_steps: int, floor: float) -> float:

@@ -17,7 +17,7 @@ import time
 import ray
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
-log = logging.getLogger("tune_app.janitor")
+log = logging.getLogger("tune_app.fastpath.janitor")
 
 
 @ray.remote(num_cpus=0)
@@ -117,7 +117,7 @@ class JanitorCallback(ControllerCallback, WorkerGroupCallback):
 
     def before_worker_group_shutdown(self, worker_group) -> None:
         if getattr(worker_group.get_worker_group_state(), "keeps_placement_group", False):
-            return                  # kept for this process's next run (tune_app.warm_workers): keep watching
+            return                  # kept for this process's next run (tune_app.fastpath.warm_workers): keep watching
         self._release()
 
     def before_controller_abort(self) -> None:

@@ -1,8 +1,8 @@
 """Point a module-level name at a stand-in for the duration of one call into Ray.
 
 Ray creates a few objects through a module name with no hook to pass our own class: the Tune
-controller (``ray.tune.tune.TuneController``, :mod:`tune_app.tune_state`) and Train's
-synchronization actor (:mod:`tune_app.warm_workers`). Both swap that name only around the one
+controller (``ray.tune.tune.TuneController``, :mod:`tune_app.fastpath.tune_state`) and Train's
+synchronization actor (:mod:`tune_app.fastpath.warm_workers`). Both swap that name only around the one
 call that reads it and always put the original back.
 """
 

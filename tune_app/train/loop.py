@@ -1,7 +1,7 @@
 """The DDP training loop: build, (resume), loop, validate, report, checkpoint.
 
 ``train_loop_per_worker`` is what each Ray Train worker runs; :func:`run` is the loop itself and
-takes a session (see :mod:`tune_app.session`), so a plain process runs exactly the same code.
+takes a session (see :mod:`tune_app.train.session`), so a plain process runs exactly the same code.
 
 Every rank computes; metrics are averaged across ranks with one all-reduce per report; rank 0 alone
 writes checkpoints, and every rank calls ``session.report`` (Ray Train's report is a barrier).
@@ -45,13 +45,13 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from .config import Config, config_from_dict
-from .data import ChunkDataset, prepare
-from .errors import UserError
-from .policy.act import ACTPolicy, act_loss
-from .policy.checkpoint import load_training_state, save_pretrained, save_training_state
-from .policy.manifest import is_complete, write_manifest
-from .schedule import build_scheduler
+from tune_app.config import Config, config_from_dict
+from tune_app.data import ChunkDataset, prepare
+from tune_app.errors import UserError
+from tune_app.policy.act import ACTPolicy, act_loss
+from tune_app.policy.checkpoint import load_training_state, save_pretrained, save_training_state
+from tune_app.policy.manifest import is_complete, write_manifest
+from tune_app.train.schedule import build_scheduler
 
 # DDP warns once per process that the 1x1 projection's gradient layout differs from its bucket
 # view; it is a memory-layout note about a tiny conv, not a correctness problem.
@@ -409,7 +409,7 @@ def _quiet_user_errors() -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for Ray Train workers: ``loop_config["config"]`` is ``Config.to_dict()``."""
-    from .session import RayTrainSession
+    from tune_app.train.session import RayTrainSession
 
     _quiet_train_reports()
     _quiet_user_errors()

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checks import check_writable_dir
-from .cluster import Connection
-from .config import Config, build_config, save_config
-from .errors import UserError, find_user_error
-from .policy.manifest import is_complete_fs
-from .rundir import RunDir
-from .search_space import Sweep, trial_name
-from .yamlio import load_yaml
+from tune_app.checks import check_writable_dir
+from tune_app.cluster.connect import Connection
+from tune_app.config import Config, build_config, save_config
+from tune_app.errors import UserError, find_user_error
+from tune_app.policy.manifest import is_complete_fs
+from tune_app.sweep.rundir import RunDir
+from tune_app.sweep.space import Sweep, trial_name
+from tune_app.yamlio import load_yaml
 
 SWEEP_FILE = "sweep.json"
 # What a bucket sweep keeps in its local working copy while it runs, uploaded at the end.
@@ -89,7 +89,7 @@ def _progress_callback(keys: list[str], total_steps: int, metric: str, events_fi
 
 def default_concurrency(sweep: Sweep, conn: Connection) -> int:
     """As many trials at once as the cluster's CPUs (and GPUs) hold; a trial that can never fit is an error."""
-    from .trainable import worker_resources
+    from tune_app.trainable import worker_resources
 
     use_gpu, res = worker_resources(sweep.base, conn.num_gpus)
     per_trial_cpu = sweep.base.ray.num_workers * res["CPU"]
@@ -196,8 +196,8 @@ def _tuner(sweep_meta: dict, base, run_dir: str, conn: Connection, max_concurren
            sweep: Sweep | None = None, max_failures: int = 0):
     from ray import tune
 
-    from .tracking import sweep_callbacks
-    from .trainable import tune_trainable
+    from tune_app.tracking import sweep_callbacks
+    from tune_app.trainable import tune_trainable
 
     keys = sweep_meta["parameters"]
     storage, name = run_dir.rsplit("/", 1)
@@ -227,18 +227,18 @@ def _janitor_name(sweep_name: str) -> str:
 
 
 def _fit(tuner, run_dir: str):
-    """``tuner.fit()`` with the sweep's placement-group janitor (tune_app/janitor.py) alive around it."""
+    """``tuner.fit()`` with the sweep's placement-group janitor (tune_app/fastpath/janitor.py) alive around it."""
     import ray
 
-    from .janitor import start_janitor
-    from .tune_state import durable_state
+    from tune_app.fastpath.janitor import start_janitor
+    from tune_app.fastpath.tune_state import durable_state
 
     janitor = start_janitor(_janitor_name(run_dir.rsplit("/", 1)[1]))   # the handle keeps it alive
     try:
         with durable_state():
             return tuner.fit()
     finally:
-        # Trial processes keep a finished run's workers for their next trial (tune_app/warm_workers.py);
+        # Trial processes keep a finished run's workers for their next trial (tune_app/fastpath/warm_workers.py);
         # when the sweep is over nothing claims them, and a dead trial process cannot free them itself.
         try:
             ray.get(janitor.free_all.remote(), timeout=60)
@@ -248,7 +248,7 @@ def _fit(tuner, run_dir: str):
 
 def default_max_failures() -> int:
     """Retry trials on a multi-node cluster (a node can go away); on one machine a failure is a bug to see."""
-    from .cluster import alive_nodes
+    from tune_app.cluster.connect import alive_nodes
 
     return 2 if len(alive_nodes()) > 1 else 0
 
@@ -341,8 +341,8 @@ def finish(run_dir: str, fs=None) -> dict[str, Any]:
     print the table. A run directory in a bucket is mirrored to ``runs/<name>/`` (no checkpoints but
     the best) and the outputs are uploaded back beside Tune's files. ``fs``: a pyarrow filesystem to
     use instead of resolving a URI ``run_dir`` (tests)."""
-    from . import storage
-    from .results import load_run, render_table
+    from tune_app.sweep import storage
+    from tune_app.sweep.results import load_run, render_table
 
     rd = RunDir(run_dir, fs=fs)
     local = rd.local_dir
@@ -368,10 +368,10 @@ def finish(run_dir: str, fs=None) -> dict[str, Any]:
         elif best.checkpoint:
             shutil.copytree(best.checkpoint, dest)
     print(render_table(run), flush=True)
-    from .report import write_report
+    from tune_app.inspection.report import write_report
 
     print(f"report: {write_report(local)}")
-    from . import tracking
+    from tune_app import tracking
 
     base = build_config(load_yaml(local / "base_config.yaml"))
     best_info = {"name": best.name, "metric": best.metric_last, "metric_name": run.metric} if best else None

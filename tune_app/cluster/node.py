@@ -1,8 +1,8 @@
 """Helpers the OSMO entry scripts (osmo/head.sh, osmo/worker.sh) call on each node.
 
-``python -m tune_app.node object-store SIZE`` prints ``--object-store-memory=BYTES`` for ``ray start``
+``python -m tune_app.cluster.node object-store SIZE`` prints ``--object-store-memory=BYTES`` for ``ray start``
 when SIZE (``8Gi``, ``512Mi``, bytes; empty = Ray's default) fits the node's /dev/shm, else says
-why on one line and exits 2. ``python -m tune_app.node argv`` prints TUNE_APP_ARGV (a JSON list
+why on one line and exits 2. ``python -m tune_app.cluster.node argv`` prints TUNE_APP_ARGV (a JSON list
 written by ``osmo render``) one argument per line, so bash reads it with ``mapfile`` and never
 evaluates it.
 """
@@ -53,9 +53,9 @@ def main(argv: list[str]) -> int:
         elif argv[:1] == ["argv"]:
             out = argv_lines(os.environ.get("TUNE_APP_ARGV", "[]"))
         else:
-            raise ValueError("usage: python -m tune_app.node object-store SIZE | argv")
+            raise ValueError("usage: python -m tune_app.cluster.node object-store SIZE | argv")
     except ValueError as exc:
-        print(f"tune_app.node: {exc}", file=sys.stderr)
+        print(f"tune_app.cluster.node: {exc}", file=sys.stderr)
         return 2
     if out:
         print(out)
