@@ -21,7 +21,7 @@ from tune_app.errors import UserError, as_user_error, find_user_error, mask_secr
 from tune_app.policy.checkpoint import load_training_state
 from tune_app.policy.manifest import MANIFEST, complete_checkpoints, is_complete, write_manifest
 from tune_app.sweep.results import load_run
-from tune_app.sweep.run import check_run_dir, claim_run_dir
+from tune_app.sweep.rundir import check_run_dir, claim_run_dir
 from tune_app.sweep.space import load_sweep
 from tune_app.train.loop import run
 from tune_app.train.session import LocalSession

@@ -17,6 +17,12 @@ NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 MAX_NAME = 64
 
 
+
+def is_uri(location: str | Path | None) -> bool:
+    """Whether a storage location is a URI (``s3://``, ``gs://``, ``file://`` ...) rather than a local path:
+    the one place that decides it."""
+    return location is not None and "://" in str(location)
+
 def check_name(name: object, what: str) -> str:
     """A run name becomes a folder: letters, digits, '-', '_', '.', not starting with '.' or '-'."""
     if not isinstance(name, str) or not NAME.match(name) or len(name) > MAX_NAME:

@@ -7,12 +7,26 @@ line, and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
+from tune_app.checks import check_reachable, check_writable_dir, check_writable_file, is_uri
+from tune_app.cluster import connect as cluster
+from tune_app.cluster.osmo import cast_set, lint_warnings, render_values, render_workflow, validate_file, validate_text, workflow_template
+from tune_app.cluster.submit import submit
+from tune_app.config import load_config, save_config
 from tune_app.errors import UserError, as_user_error, find_user_error, mask_secrets
+from tune_app.inspection.report import write_report
+from tune_app.sweep.results import load_run, render_table
+from tune_app.sweep.rundir import RunDir, check_run_dir, check_same_sweep, load_resumable, run_dir_for, sweep_exists
+from tune_app.sweep.space import load_sweep
+from tune_app.train.output_dir import check_train_dir, claim_train_dir
 
 
 def _int_at_least(low: int):
@@ -61,7 +75,6 @@ def _add_connection_args(p: argparse.ArgumentParser, dashboard: bool = False) ->
 
 def _connect(args: argparse.Namespace, num_cpus: int | None, storage: str | None = None):
     """Join or start Ray as the arguments say, wait for nodes, check the storage is shared by all of them."""
-    from tune_app.cluster import connect as cluster
 
     kwargs = {}
     if getattr(args, "dashboard", False):
@@ -87,8 +100,6 @@ def _connect(args: argparse.Namespace, num_cpus: int | None, storage: str | None
 def _hold_dashboard(args: argparse.Namespace, conn) -> None:
     if not getattr(args, "dashboard", False):
         return
-    import signal
-    import time
 
     signal.signal(signal.SIGINT, signal.default_int_handler)     # Tune's fit() leaves its own handler installed
     try:
@@ -100,16 +111,14 @@ def _hold_dashboard(args: argparse.Namespace, conn) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tune_app import tracking
-    from tune_app.cluster import connect as cluster
-    from tune_app.config import load_config, save_config
-    from tune_app.train.output_dir import check_train_dir, claim_train_dir
-
     cfg = load_config(args.config, args.override)
     out = Path(cfg.training.output_dir)
     resuming = check_train_dir(out, args.resume, args.overwrite)
+    # Deferred: torch and Ray Train take seconds to import; a mistake above is answered before.
+    from tune_app import fastpath, tracking
     from tune_app.data import check_batches_fit, describe_source, ensure_data
-    from tune_app.train import schedule  # torch: after the checks that need none
+    from tune_app.train import schedule
+    from tune_app.trainable import MetricsFileCallback, fit_run
 
     if warning := schedule.describe(cfg.training):
         print(f"warning: {warning}", file=sys.stderr)
@@ -128,13 +137,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                         f"{conn.num_cpus:g}; lower them or add CPUs")
     claim_train_dir(out, args.overwrite)
     save_config(cfg, out / "config.yaml")
-    from tune_app.trainable import MetricsFileCallback, fit_run  # Ray Train and torch: seconds to import, after the checks
+    mode = fastpath.choose(cfg.ray.fast_start)
+    if not mode.fast:
+        print(mode.line(), flush=True)
     print(f"tune_app train: {describe_source(cfg)}, {cfg.ray.num_workers} DDP worker(s), "
           f"{cfg.training.steps} steps -> {out}", flush=True)
     if resuming:
         print(f"tune_app train: resuming the run in {out} from its latest complete checkpoint", flush=True)
     try:
-        result = fit_run(cfg, out.parent, out.name, conn.num_gpus, progress=True,
+        result = fit_run(cfg, out.parent, out.name, conn.num_gpus, mode, progress=True,
                          callbacks=[MetricsFileCallback(out / "metrics.jsonl"), *tracking.train_callbacks(cfg, out)])
     except Exception as exc:  # noqa: BLE001 - a user's mistake inside a worker still gets one line
         if (user := find_user_error(exc)) is not None:
@@ -153,14 +164,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tune_app import tracking
-    from tune_app.cluster import connect as cluster
-    from tune_app.sweep.run import check_run_dir, check_same_sweep, run_dir_for, run_sweep, sweep_exists
-    from tune_app.sweep.rundir import RunDir
-    from tune_app.sweep.space import load_sweep
-
     sweep = load_sweep(args.space, overrides=args.override, name=args.name, storage_path=args.storage,
                        max_concurrent=args.max_concurrent)
+    # Deferred: torch and Ray take seconds to import; a mistake in the sweep file is answered before.
+    from tune_app import fastpath, tracking
+    from tune_app.data import check_batches_fit, ensure_data
+    from tune_app.sweep.run import run_sweep
+
     if sweep.base.mlflow.enabled:
         tracking.check_mlflow(tracking.mlflow_uri(sweep.base, "."))
     _check_address(args)
@@ -173,23 +183,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.num_cpus = _first_set(args.num_cpus, sweep.base.ray.num_cpus)
         return cmd_resume(args)
     run_dir = check_run_dir(sweep, overwrite=args.overwrite)   # refuse an existing sweep before starting Ray
-    from tune_app.data import check_batches_fit, ensure_data  # torch: after the checks that need none
     if args.eval_best:
-        from tune_app.inspection.evaluate import check_device
+        from tune_app.inspection.evaluate import check_device  # deferred: imports torch (seconds)
 
         check_device(args.eval_device)
     ensure_data(sweep.base)
     check_batches_fit(sweep.trial_configs())
     tracking.prepare_environment(sweep.base, run_dir)
+    mode = fastpath.choose(sweep.base.ray.fast_start)
+    if not mode.fast:
+        print(mode.line(), flush=True)
     try:
         conn = _connect(args, _first_set(args.num_cpus, sweep.base.ray.num_cpus), storage=run_dir.rsplit("/", 1)[0])
-        summary = run_sweep(sweep, conn, overwrite=args.overwrite, max_failures=args.max_failures)
+        summary = run_sweep(sweep, conn, overwrite=args.overwrite, max_failures=args.max_failures, mode=mode)
         _hold_dashboard(args, conn)
     finally:
         cluster.shutdown()
     local = RunDir(run_dir).local_dir                # a bucket run's best/ is in its local working copy
     if args.eval_best and summary.get("best_trial") and (local / "best").is_dir():
-        from tune_app.inspection.evaluate import run_eval
+        from tune_app.inspection.evaluate import run_eval  # deferred: imports torch (seconds)
 
         run_eval(str(local / "best"), None, [], args.eval_device, str(local / "best_eval.csv"))
     return _sweep_exit_code(summary)
@@ -201,7 +213,6 @@ def _first_set(*values):
 
 
 def _check_address(args: argparse.Namespace) -> None:
-    from tune_app.checks import check_reachable
 
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -216,26 +227,27 @@ def _sweep_exit_code(summary: dict) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tune_app import tracking
-    from tune_app.cluster import connect as cluster
-    from tune_app.sweep.run import load_resumable, resume_sweep
-
     sweep = load_resumable(args.run_dir)          # before Ray starts: is it a sweep at all?
+    # Deferred: torch and Ray take seconds to import; a wrong folder is answered before.
+    from tune_app import fastpath, tracking
+    from tune_app.sweep.run import resume_sweep
+
     _check_address(args)
     tracking.prepare_environment(sweep.base, sweep.run_dir)
+    mode = fastpath.choose(sweep.base.ray.fast_start)
+    if not mode.fast:
+        print(mode.line(), flush=True)
     storage = sweep.run_dir.rsplit("/", 1)[0]
     try:
-        conn = _connect(args, args.num_cpus, storage=storage if "://" in storage else str(Path(storage).resolve()))
-        summary = resume_sweep(sweep, conn)
+        conn = _connect(args, args.num_cpus, storage=storage if is_uri(storage) else str(Path(storage).resolve()))
+        summary = resume_sweep(sweep, conn, mode)
     finally:
         cluster.shutdown()
     return _sweep_exit_code(summary)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
 
-    from tune_app.sweep.results import load_run, render_table
 
     run = load_run(args.run_dir)
     if args.json:
@@ -246,14 +258,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tune_app.inspection.evaluate import run_eval
+    from tune_app.inspection.evaluate import run_eval  # deferred: imports torch (seconds)
 
     run_eval(args.checkpoint, args.data, args.override, args.device, args.output)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tune_app.inspection.report import write_report
 
     out = write_report(args.run_dir, args.output)
     print(f"report: {out}")
@@ -261,15 +272,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    import shlex
 
-    from tune_app.cluster.submit import submit
 
     return submit(args.space, args.address, args.storage, args.name, args.override, shlex.split(args.run_args), args.follow)
 
 
 def cmd_osmo_validate(args: argparse.Namespace) -> int:
-    from tune_app.cluster.osmo import lint_warnings, validate_file
 
     problems, spec = validate_file(args.file, args.set, args.set_string)
     for line in lint_warnings(spec):
@@ -285,8 +293,6 @@ def cmd_osmo_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_osmo_render(args: argparse.Namespace) -> int:
-    from tune_app.checks import check_writable_file
-    from tune_app.cluster.osmo import cast_set, render_values, render_workflow, validate_text, workflow_template
 
     values = render_values(args)
     for item in args.set:
@@ -311,8 +317,7 @@ def cmd_osmo_render(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from tune_app.config import load_config
-    from tune_app.data import ensure_data
+    from tune_app.data import ensure_data  # deferred: imports torch (seconds)
 
     cfg = load_config(args.config, args.override)
     if not (cfg.data.bag_dir or cfg.data.lerobot_root):
@@ -323,8 +328,6 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_demo(args: argparse.Namespace) -> int:
-    from tune_app.checks import check_writable_dir
-    from tune_app.config import load_config
 
     # Without a config: default topics and joints (the original trainer's) at act_tiny's image size.
     defaults = ["conventions.image_resize=[48, 64]", "data.camera_topic=/camera/camera/color/image_raw"]
@@ -343,19 +346,19 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 
 
 def _write_demo(args: argparse.Namespace, cfg, out: Path) -> int:
-    from tune_app.data.demo import make_demo
+    from tune_app.data.demo import make_demo  # deferred: imports torch (seconds)
 
     h, w = cfg.conventions.image_resize
     eps = make_demo(_first_set(args.episodes, cfg.data.demo_episodes), cfg.data.demo_episode_len, (h, w),
                     state_dim=len(cfg.data.joint_names), num_cameras=len(cfg.data.camera_topics or [cfg.data.camera_topic]))
     if args.format == "lerobot":
-        from tune_app.data.lerobot import write_lerobot_dataset
+        from tune_app.data.lerobot import write_lerobot_dataset  # deferred: imports torch (seconds)
 
         write_lerobot_dataset(out, eps, cfg.data.fps)
         print(f"wrote a LeRobot v3 dataset ({eps.num_episodes} episodes, {eps.num_frames} frames) to {out}; "
               f"train on it with --override data.lerobot_root={out}")
         return 0
-    from tune_app.data.bagwriter import write_demo_bags
+    from tune_app.data.bagwriter import write_demo_bags  # deferred: imports torch (seconds)
 
     paths = write_demo_bags(out, cfg, eps, storage=args.storage, encoding=args.encoding)
     print(f"wrote {len(paths)} ROS 2 bags ({args.storage}, {args.encoding}; topics {cfg.data.joint_topic}, "

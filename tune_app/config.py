@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from tune_app.checks import is_uri
 from tune_app.errors import UserError, mask_secrets
 from tune_app.yamlio import dump_yaml, load_yaml, parse_scalar
 
@@ -128,6 +129,7 @@ class RayConfig:
     gpus_per_worker: float | None = None  # null: 1 when the cluster has GPUs, else 0
     num_cpus: int | None = None           # CPUs of an embedded local Ray; null: all
     storage_path: str | None = None
+    fast_start: bool = True               # false: Ray's stock Train/Tune pattern (tune_app.fastpath)
 
 
 @dataclass
@@ -149,6 +151,17 @@ class Config:
         if uri:
             tree["mlflow"]["tracking_uri"] = mask_secrets(uri)
         return tree
+
+    def with_params(self, params: dict[str, Any], source: str = "parameter") -> Config:
+        """A copy with dotted ``params`` set (a trial's swept values, each checked when the sweep
+        file was loaded), type-normalised and checked together with the rest."""
+        sections = {name: getattr(self, name) for name in SECTIONS}
+        for dotted, value in params.items():
+            section, key = dotted.split(".", 1)
+            sections[section] = dataclasses.replace(sections[section], **{key: check_value(dotted, value, f"{source} {dotted}")})
+        cfg = Config(**sections)
+        _check_consistency(cfg, source)
+        return cfg
 
     def flat(self) -> dict[str, Any]:
         """``{"training.lr": 1e-5, ...}`` for every key."""
@@ -276,7 +289,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _resolve_path(value: str | None, base: Path | None) -> str | None:
-    if value is None or base is None or "://" in value:
+    if value is None or base is None or is_uri(value):
         return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())

@@ -18,6 +18,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ray.train import UserCallback
+
+from tune_app import fastpath
 from tune_app.config import Config
 from tune_app.errors import UserError, mask_secrets
 from tune_app.sweep.rundir import RunDir
@@ -129,13 +132,14 @@ def check_mlflow(uri: str, timeout_s: int = 5) -> None:
                         "start it, fix the URI, or set mlflow.enabled=false") from None
 
 
-def _numeric(result: dict[str, Any]) -> dict[str, float]:
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in result.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
 
 
-def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str) -> list:
-    """The Tune logger callbacks the config asks for (none when both trackers are off)."""
+def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str, mode: fastpath.Mode) -> list:
+    """The Tune logger callbacks the config asks for (none when both trackers are off): Ray's own
+    in stock mode, the fast path's extensions of them otherwise (same arguments)."""
     callbacks: list = []
     if cfg.wandb.enabled and wandb_mode(cfg) != "disabled":
         kwargs = {"entity": cfg.wandb.entity} if cfg.wandb.entity else {}
@@ -143,124 +147,46 @@ def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str) -> list:
         # cluster started with `ray start` never saw WANDB_DIR: give wandb.init the run's folder itself.
         local = RunDir(run_dir).local_dir
         local.mkdir(parents=True, exist_ok=True)
-        kwargs["dir"] = str(local)
-        callbacks.append(_wandb_callback_class()(
+        # upload_timeout: at the end Ray kills logging actors still writing after this long; a busy machine
+        # or a slow upload needs minutes.
+        callbacks.append(fastpath.wandb_callback_cls(mode)(
             project=cfg.wandb.project, group=sweep_name, tags=list(cfg.wandb.tags), mode=wandb_mode(cfg),
-            # At the end Ray kills logging actors still writing after this long: a busy machine or a slow
-            # upload needs minutes (30 s lost a trial's history under CI load). Ctrl-C stays prompt:
-            # PromptWandbLoggerCallback tells running trials' actors to finish first.
-            excludes=sorted(NOT_METRICS), upload_timeout=300, **kwargs))
+            excludes=sorted(NOT_METRICS), upload_timeout=300, dir=str(local), **kwargs))
     if cfg.mlflow.enabled:
-        callbacks.append(make_sweep_mlflow_callback(cfg, sweep_name, run_dir))
+        uri = mlflow_uri(cfg, run_dir)
+        experiment = cfg.mlflow.experiment_name or sweep_name
+        tags = {**cfg.mlflow.tags, "tune_app.sweep": sweep_name}
+        parent = start_mlflow_parent(cfg, uri, experiment, tags, sweep_name, run_dir)
+        callbacks.append(fastpath.mlflow_callback_cls(mode)(
+            tracking_uri=uri, experiment_name=experiment, tags={**tags, "mlflow.parentRunId": parent}, save_artifact=False))
     return callbacks
 
 
-def _wandb_callback_class():
-    from ray.air.integrations.wandb import WandbLoggerCallback
+def start_mlflow_parent(cfg: Config, uri: str, experiment: str, tags: dict[str, str], sweep_name: str, run_dir: str) -> str:
+    """The sweep's parent run (every trial's run is nested under it through ``mlflow.parentRunId``):
+    made once and its id kept in the run directory, so a resumed sweep keeps the same tree. The
+    experiment is made here first, so that its artifacts live where the run directory says."""
+    from mlflow.tracking import MlflowClient
 
-    class QuietWandbLoggingActor(WandbLoggerCallback._logger_actor_cls):
-        """Ray's logging actor, plus ``wandb.teardown()`` once its run is finished: the actor then exits
-        with wandb's service closed. Otherwise wandb's own exit hook tries to close a service that the
-        exiting actor process has already lost and prints a ConnectionResetError traceback per trial."""
-
-        def run(self):
-            super().run()
-            self._wandb.teardown()
-
-    class PromptWandbLoggerCallback(WandbLoggerCallback):
-        """Ends promptly when a sweep is interrupted.
-
-        Ray's callback waits up to ``upload_timeout`` for every trial's logging actor at the end of
-        an experiment, but the actors of trials still running (Ctrl-C) are never told to finish, so
-        it always waits the whole timeout and then kills them mid-write. Tell them first.
-        """
-
-        def _cleanup_logging_actor(self, trial):
-            # Ray kills a trial's logging actor the moment its run() (ending in wandb.finish()) returns,
-            # but wandb's service may still be closing the run file then: a killed actor lost a whole
-            # trial's offline history under load. Let the actor exit on its own (its atexit hooks
-            # finish wandb) before Ray's kill, which then finds it gone.
-            import ray
-
-            actor = self._trial_logging_actors.get(trial)
-            if actor is not None:
-                try:
-                    ray.get(actor.__ray_terminate__.remote(), timeout=60)
-                except Exception:  # noqa: BLE001 - the actor exiting is the expected outcome
-                    pass
-            super()._cleanup_logging_actor(trial)
-
-        _logger_actor_cls = QuietWandbLoggingActor
-
-        def on_experiment_end(self, trials, **info):
-            for trial in list(self._trial_queues):
-                try:
-                    self._signal_logging_actor_stop(trial)
-                except Exception:  # noqa: BLE001 - an actor already gone needs no signal
-                    pass
-            super().on_experiment_end(trials, **info)
-
-    return PromptWandbLoggerCallback
+    rd = RunDir(run_dir)
+    known = (rd.read_text(PARENT_FILE) or "").strip()
+    if known:
+        return known
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = _ensure_experiment(client, experiment, _default_artifacts(cfg, run_dir))
+    parent = client.create_run(exp_id, run_name=sweep_name, tags={**tags, "tune_app.role": "sweep"}).info.run_id
+    rd.write_text(PARENT_FILE, parent)
+    log_params(client, parent, _base_params(run_dir))
+    return parent
 
 
-def make_sweep_mlflow_callback(cfg: Config, sweep_name: str, run_dir: str):
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    """All of ``params`` on a run, in MLflow's batches of at most 100."""
+    from mlflow.entities import Param
 
-    class SweepMLflowCallback(MLflowLoggerCallback):
-        """Trial runs nested under one parent run per sweep; metrics stepped by optimizer step;
-        a tracking server that goes away mid-sweep costs warnings, not the sweep."""
-
-        def __init__(self):
-            super().__init__(tracking_uri=mlflow_uri(cfg, run_dir), experiment_name=cfg.mlflow.experiment_name or sweep_name,
-                             tags={**cfg.mlflow.tags, "tune_app.sweep.run": sweep_name}, save_artifact=False)
-            self.parent_run_id: str | None = None
-
-        def setup(self, *args, **kwargs):
-            from mlflow.tracking import MlflowClient
-
-            # The experiment is made here first, so that its artifacts live where the run directory says.
-            _ensure_experiment(MlflowClient(tracking_uri=self.tracking_uri), self.experiment_name,
-                               _default_artifacts(cfg, run_dir))
-            super().setup(*args, **kwargs)
-            rd = RunDir(run_dir)
-            known = (rd.read_text(PARENT_FILE) or "").strip()
-            if known:                          # resume: keep the same tree
-                self.parent_run_id = known
-            else:
-                run = self.mlflow_util.start_run(run_name=sweep_name, tags={**self.tags, "tune_app.role": "sweep"})
-                self.parent_run_id = run.info.run_id
-                rd.write_text(PARENT_FILE, self.parent_run_id)
-                self.mlflow_util.log_params(run_id=self.parent_run_id, params_to_log=_base_params(run_dir))
-
-        def log_trial_start(self, trial):
-            if trial not in self._trial_runs:
-                tags = {**self.tags, "trial_name": str(trial), "mlflow.parentRunId": self.parent_run_id}
-                self._safely("start run", lambda: self._trial_runs.__setitem__(
-                    trial, self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id))
-            if trial in self._trial_runs:
-                self._safely("log params", lambda: self.mlflow_util.log_params(
-                    run_id=self._trial_runs[trial], params_to_log=trial.config))
-
-        def log_trial_result(self, iteration, trial, result):
-            if trial not in self._trial_runs:
-                return
-            step = int(result.get("step", iteration))
-            self._safely("log metrics", lambda: self.mlflow_util.log_metrics(
-                run_id=self._trial_runs[trial], metrics_to_log=_numeric(result), step=step))
-
-        def log_trial_end(self, trial, failed=False):
-            if trial in self._trial_runs:
-                self._safely("end run", lambda: self.mlflow_util.end_run(
-                    run_id=self._trial_runs[trial], status="FAILED" if failed else "FINISHED"))
-
-        @staticmethod
-        def _safely(what: str, fn) -> None:
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - tracking must never stop training
-                log.warning("MLflow %s failed (training continues): %s", what, str(exc).splitlines()[0][:200])
-
-    return SweepMLflowCallback()
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
 
 
 def _base_params(run_dir: str) -> dict[str, Any]:
@@ -313,34 +239,25 @@ def mlflow_ui_hint(cfg: Config, run_dir: str) -> str | None:
 def train_callbacks(cfg: Config, run_dir: str | Path) -> list:
     if not (cfg.mlflow.enabled or (cfg.wandb.enabled and wandb_mode(cfg) != "disabled")):
         return []
-    return [TrainTrackingCallback(cfg.to_dict(), str(run_dir))]
+    return [TrainTrackingCallback(cfg, str(run_dir))]
 
 
-try:
-    from ray.train import UserCallback as _UserCallback
-except ImportError:  # pragma: no cover - ray is a dependency
-    _UserCallback = object
-
-
-class TrainTrackingCallback(_UserCallback):
+class TrainTrackingCallback(UserCallback):
     """One W&B run and one MLflow run for a ``tune_app train`` job, fed with rank 0's reports.
 
     It lives in the Ray Train controller (one process per job), so however many DDP workers there
     are, each tracker sees exactly one run.
     """
 
-    def __init__(self, config: dict[str, Any], run_dir: str):
-        self.config, self.run_dir = config, run_dir
+    def __init__(self, cfg: Config, run_dir: str):
+        self.cfg, self.run_dir = cfg, run_dir
         self._wandb = None
         self._mlflow_run = None
         self._client = None
 
     def _start(self) -> None:
-        from tune_app.config import config_from_dict, flatten
-
-        cfg = config_from_dict(self.config)
-        params = flatten(self.config)
-        params["mlflow.tracking_uri"] = redact_uri(params.get("mlflow.tracking_uri"))
+        cfg = self.cfg
+        params = cfg.flat()            # the tracking URI's password is masked there
         name = cfg.wandb.run_name or Path(cfg.training.output_dir).name
         if cfg.wandb.enabled and wandb_mode(cfg) != "disabled":
             import wandb
@@ -355,15 +272,14 @@ class TrainTrackingCallback(_UserCallback):
             exp_id = _ensure_experiment(self._client, cfg.mlflow.experiment_name or "tune_app-train",
                                         _default_artifacts(cfg, self.run_dir))
             self._mlflow_run = self._client.create_run(exp_id, run_name=name, tags={**cfg.mlflow.tags, "tune_app.role": "train"}).info.run_id
-            for key, value in params.items():
-                self._client.log_param(self._mlflow_run, key, value)
+            log_params(self._client, self._mlflow_run, params)
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         try:
             if self._wandb is None and self._mlflow_run is None:
                 self._start()
             rank0 = metrics[0]
-            values = _numeric(rank0)
+            values = numeric_metrics(rank0)
             step = int(rank0.get("step", 0))
             if self._wandb is not None:
                 self._wandb.log(values, step=step)
@@ -374,7 +290,7 @@ class TrainTrackingCallback(_UserCallback):
 
                 now = int(_time.time() * 1000)
                 self._client.log_batch(self._mlflow_run, metrics=[Metric(k, v, now, step) for k, v in values.items()])
-            if step >= int(self.config["training"]["steps"]):
+            if step >= self.cfg.training.steps:
                 self._finish("FINISHED")
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             log.warning("tracking failed (training continues): %s", str(exc).splitlines()[0][:200])

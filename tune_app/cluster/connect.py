@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tune_app.checks import is_uri
 from tune_app.cluster import ray_output
 from tune_app.errors import UserError
 
@@ -217,7 +218,7 @@ def check_shared_storage(storage: str, timeout_s: float = 60.0) -> None:
     local path is checked, not guessed: a marker file is written here and a task pinned to every
     alive node looks for it.
     """
-    if "://" in storage and not storage.startswith("file://"):
+    if is_uri(storage) and not storage.startswith("file://"):
         return
     nodes = alive_nodes()
     if len(nodes) <= 1:

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from tune_app.checks import is_uri
 from tune_app.errors import UserError
 from tune_app.yamlio import read_text
 
@@ -566,7 +567,7 @@ def lint_warnings(spec: Any) -> list[str]:
             storage = str((task.get("environment") or {}).get("STORAGE_PATH", ""))
             creds = task.get("credentials") or {}
             mapped = {env for body in creds.values() if isinstance(body, dict) for env in body}
-            if "://" in storage and "AWS_SECRET_ACCESS_KEY" not in mapped and isinstance(creds, dict):
+            if is_uri(storage) and "AWS_SECRET_ACCESS_KEY" not in mapped and isinstance(creds, dict):
                 warnings.append(f"{path}: STORAGE_PATH {storage} is a bucket but no storage credential is mapped "
                                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); trials cannot write there")
     return warnings
@@ -616,7 +617,7 @@ def render_values(args) -> dict[str, Any]:
     if args.dataset and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9._-]+)?", args.dataset):
         raise UserError(f"--dataset {args.dataset!r}: an OSMO dataset is NAME or NAME:TAG")
     storage_path = args.storage_path or ""
-    if "://" in storage_path and not args.storage_credential:
+    if is_uri(storage_path) and not args.storage_credential:
         raise UserError(f"--storage-path {storage_path}: a bucket run directory needs its credentials in every task; give "
                         "--storage-credential NAME (osmo credential set NAME --type GENERIC --payload access_key_id=... "
                         "access_key=... region=...; see osmo/README.md)")

@@ -1,44 +1,40 @@
-"""The TorchTrainer as tune_app runs it: the stock Train V2 run with fewer processes per run.
+"""The fast path's TorchTrainer: Ray's Train V2 run with fewer processes per trial.
 
-Trial start-up on a small machine is CPU-bound: every Ray actor is a fresh Python process that
-re-imports Ray Train (~1.3 CPU-s each), and a stock run starts seven of them per trial (trial
-actor, Train->Tune queue, controller, placement-group cleaner, synchronization actor, workers,
-dataset manager). :class:`TorchTrainer` keeps the design — the same controller, worker group,
-DDP backend and train loop — and removes the processes that do no work here:
+Trial start-up on a small machine is CPU-bound: every Ray actor is a new Python process that
+imports Ray Train again, and a stock trial starts seven. This keeps the controller, worker group,
+DDP backend and loop, and removes the processes that do no work here:
 
-* **No dataset manager**: tune_app feeds workers from its memory-mapped cache, never Ray Data,
-  so ``DatasetsCallback`` (which starts a ``DatasetManager`` actor per run) is left out.
-* **Controller in the trial's process** (``trial_stop``): inside a Tune trial the trial actor's
-  only job is to drive one Train run, so the ``TrainController`` runs there instead of in an
-  actor of its own; with Tune's actor reuse its imports are paid once per trial slot, not per
-  trial, and reports reach Tune with ``tune.report`` from that thread (no queue actor). When Tune
-  stops the trial (early stopping) the run is aborted the way Train's own ``abort`` does it
-  (workers and their placement group released), so the trial process is free for the next trial
-  at once. Outside Tune (``tune_app train``) the controller stays an actor, as stock.
-* **One placement-group janitor per sweep** instead of Ray's ``PlacementGroupCleaner`` per run:
-  when a trial's process dies (an early-stopped or failed trial is killed), its workers'
-  placement group would otherwise stay reserved until the sweep ends (ray-notes.md §3). The
-  janitor watches the owning process through an actor handle, so it needs no State API either.
-  A run driven from the driver (``tune_app train``) needs none: Ray frees a job's placement
-  groups when its driver exits.
-* **Warm workers between trials** (:mod:`tune_app.fastpath.warm_workers`): a trial process that drives
-  one run after another starts each on the workers, placement group and synchronization actor
-  its previous run finished cleanly with, instead of new processes.
+* no dataset manager (tune_app feeds workers from its own cache, never Ray Data);
+* inside a trial, the Train controller runs in the trial's process and reports with
+  ``tune.report`` (no controller actor, no Train->Tune queue actor); a trial Tune stops is
+  aborted the way Train's own ``abort`` does it, so the process is free at once;
+* one placement-group janitor per sweep (:mod:`tune_app.fastpath.janitor`) instead of a
+  cleaner actor per run;
+* warm workers between a trial process's runs (:mod:`tune_app.fastpath.warm_workers`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import threading
+from collections.abc import Iterator
+from typing import Any
 
+import ray
+from ray import tune
+from ray.train import UserCallback
+from ray.train._internal.session import get_session
 from ray.train.torch import TorchTrainer as _StockTorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.controller.state import AbortedState
 
-from tune_app.fastpath.janitor import JanitorCallback
+from tune_app.fastpath.janitor import JanitorCallback, start_janitor
+from tune_app.fastpath.tune_state import durable_state
 from tune_app.fastpath.warm_workers import WarmWorkerGroup
 
 log = logging.getLogger("tune_app.fastpath.trainer")
@@ -55,8 +51,6 @@ class TrialStop:
     """
 
     def __init__(self):
-        from ray.train._internal.session import get_session
-
         session = get_session()
         self._session_event = session.stop_event if session is not None else None
         self._reported = threading.Event()
@@ -128,3 +122,67 @@ def _abort(controller: TrainController) -> None:
     except Exception:  # noqa: BLE001 - as Train's abort: log, still end the run
         log.exception("aborting the worker group of a stopped trial")
     controller._set_state(AbortedState())
+
+
+class TrialReportCallback(UserCallback):
+    """Reports rank 0's metrics to Tune (``checkpoint_path`` added, as Ray's ``TuneReportCallback``).
+
+    The controller runs in the trial's thread here, so this calls ``tune.report`` directly: no
+    queue actor, and none of Ray 2.60's hang when a queued report is forwarded after the trial
+    function returned. When Tune stops the trial its session ends the report with ``SystemExit``;
+    that is recorded in ``stop`` so the run is aborted (workers released), unless it answered the
+    final report (``final_step``): that run ends by itself, cleanly, and keeps its workers warm.
+    """
+
+    def __init__(self, stop: TrialStop, final_step: int):
+        self._stop = stop
+        self._final_step = final_step
+
+    def __getstate__(self):
+        return {}       # Train ships its run config (callbacks included) to the workers, which never call this
+
+    def __setstate__(self, state):
+        self._stop = None
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if self._stop.stopped():
+            return
+        item = dict(metrics[0])
+        if checkpoint:
+            item["checkpoint_path"] = checkpoint.path
+        try:
+            tune.report(item)          # returns when Tune has taken it (synchronous reporting)
+        except SystemExit:
+            self._stop.set(after_run=item.get("step") == self._final_step)
+
+
+def janitor_name(sweep_name: str) -> str:
+    return f"tune_app-janitor-{sweep_name}"
+
+
+@contextlib.contextmanager
+def trial_hooks(final_step: int) -> Iterator[Any]:
+    """Fast mode's :func:`tune_app.fastpath.trial`: the controller in this process, reports straight to Tune."""
+    from tune_app.fastpath import TrialHooks
+
+    stop = TrialStop()
+    yield TrialHooks(TorchTrainer, [TrialReportCallback(stop, final_step)],
+                     {"trial_stop": stop, "janitor": janitor_name(tune.get_context().get_experiment_name())})
+    if stop.stopped():
+        # End the way Tune ends a stopped function trainable's thread (its report raises SystemExit);
+        # returning would make Tune's wrapper report once more, to a session nobody reads any more.
+        raise SystemExit(0)
+
+
+@contextlib.contextmanager
+def sweep_context(sweep_name: str) -> Iterator[None]:
+    """Around ``Tuner.fit()``: the sweep's janitor alive, Tune's state durable; kept workers freed at the end."""
+    janitor = start_janitor(janitor_name(sweep_name))      # the handle keeps it alive
+    try:
+        with durable_state():
+            yield
+    finally:
+        try:
+            ray.get(janitor.free_all.remote(), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the cluster is going away: Ray frees them with the job
+            print(f"tune_app: could not free the sweep's kept workers: {exc}", file=sys.stderr)

@@ -29,13 +29,14 @@ import threading
 from typing import Any
 
 import ray
+from ray.train.v2._internal.execution.checkpoint.sync_actor import SynchronizationActor
 from ray.train.v2._internal.execution.worker_group import worker_group as _wg_module
 from ray.train.v2._internal.execution.worker_group.placement_group_handle import DefaultPlacementGroupHandle
 from ray.train.v2._internal.execution.worker_group.state import WorkerGroupState
 from ray.train.v2._internal.execution.worker_group.worker import Worker
 from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
 
-from tune_app.fastpath.swap import swapped
+from tune_app.fastpath.swap import SwapMismatch, swapped
 
 log = logging.getLogger("tune_app.fastpath.warm_workers")
 
@@ -131,12 +132,14 @@ class _SyncActorSource:
 
     def __init__(self, group: WarmWorkerGroup, real):
         self._group, self._real, self._options = group, real, {}
+        self.asked = False
 
     def options(self, **options):
         self._options = options
         return self
 
     def remote(self, *args, **kwargs):
+        self.asked = True
         if self._group.claimed is not None:
             return self._group.claimed.sync_actor
         return self._real.options(**self._options).remote(*args, **kwargs)
@@ -174,6 +177,7 @@ class WarmWorkerGroup(WorkerGroup):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.claimed: Kept | None = None
+        self._reuse = True
 
     def _shape(self) -> tuple:
         ctx = self._worker_group_context
@@ -182,14 +186,26 @@ class WarmWorkerGroup(WorkerGroup):
                 self._worker_cls, self._collective_timeout_s, self._collective_warn_interval_s)
 
     def _start_impl(self, worker_group_state_builder):
+        source = _SyncActorSource(self, SynchronizationActor)
+        stack = contextlib.ExitStack()
         try:
-            with swapped(_wg_module, "SynchronizationActor", _SyncActorSource(self, _wg_module.SynchronizationActor)):
+            stack.enter_context(swapped(_wg_module, "SynchronizationActor", source, SynchronizationActor))
+        except SwapMismatch as exc:
+            log.warning("tune_app: starting Train workers without reuse (%s)", exc)
+            self._reuse = False
+        try:
+            with stack:
                 super()._start_impl(worker_group_state_builder)
+            if self.claimed is not None and not source.asked:
+                log.warning("tune_app: Ray did not create the synchronization actor through its module name; "
+                            "the kept one is released")
+                with contextlib.suppress(Exception):
+                    ray.kill(self.claimed.sync_actor)
         finally:
             self.claimed = None
 
     def _create_placement_group(self, scaling_config, worker_group_context):
-        if not scaling_config.use_tpu:
+        if self._reuse and not scaling_config.use_tpu:
             self.claimed = POOL.take(self._shape())
             if self.claimed is not None:
                 return self.claimed.placement_group_handle

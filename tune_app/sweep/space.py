@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune_app.checks import check_name
+from tune_app.checks import check_name, is_uri
 from tune_app.config import HINTS, Config, build_config, check_value, closest_key, parse_override
 from tune_app.errors import UserError
 from tune_app.yamlio import load_yaml
@@ -311,7 +311,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, name: str |
     if storage_path is not None and not str(storage_path).strip():
         raise UserError("--storage: empty; give a folder or a bucket URI (or leave the flag out for ./runs)")
     storage = storage_path or ray_section.get("storage_path")
-    if storage and "://" not in str(storage) and not Path(str(storage)).is_absolute() and not storage_path:
+    if storage and not is_uri(storage) and not Path(str(storage)).is_absolute() and not storage_path:
         storage = str((source.parent / str(storage)).resolve())   # file paths are relative to the file
     if raw.get("project") and "wandb.project" not in cli:
         base.wandb.project = str(raw["project"])

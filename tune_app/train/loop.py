@@ -28,7 +28,6 @@ Validation runs before the first step of a fresh run (reported at step 0), every
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import pickle
 import random
@@ -45,13 +44,15 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from tune_app.config import Config, config_from_dict
+from tune_app import fastpath
+from tune_app.config import Config
 from tune_app.data import ChunkDataset, prepare
 from tune_app.errors import UserError
 from tune_app.policy.act import ACTPolicy, act_loss
 from tune_app.policy.checkpoint import load_training_state, save_pretrained, save_training_state
 from tune_app.policy.manifest import is_complete, write_manifest
 from tune_app.train.schedule import build_scheduler
+from tune_app.train.session import RayTrainSession
 
 # DDP warns once per process that the 1x1 projection's gradient layout differs from its bucket
 # view; it is a memory-layout note about a tiny conv, not a correctness problem.
@@ -383,36 +384,9 @@ def _restore(weights, state, model, optimizer, scheduler, stream: BatchStream, r
     return int(state["step"])
 
 
-def _quiet_train_reports() -> None:
-    """Ray Train 2.60 logs every report at INFO through a logger named after its file, which its
-    LoggingConfig level does not reach; the loop's own progress line says what matters."""
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-
-
-class _UserErrorTracebacks(logging.Filter):
-    """Drops Ray Train's "Error in training function" traceback when the error is a UserError: the
-    driver prints that one as a single line (a traceback means a bug, and this is not one)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not (text.startswith("Error in training function") and f"{UserError.__module__}.UserError: " in text)
-
-
-def _quiet_user_errors() -> None:
-    # Ray Train 2.60 logs the worker's traceback through the logger of ray/train/v2/_internal/util.py.
-    logging.getLogger("ray.train.v2._internal.util").addFilter(_UserErrorTracebacks())
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point for Ray Train workers: ``loop_config["config"]`` is ``Config.to_dict()``."""
-    from tune_app.train.session import RayTrainSession
-
-    _quiet_train_reports()
-    _quiet_user_errors()
-    cfg = config_from_dict(loop_config["config"])
+    """Entry point for Ray Train workers: ``loop_config["config"]`` is the run's :class:`Config`."""
+    fastpath.quiet_worker_logs(UserError)
+    cfg: Config = loop_config["config"]
     run(cfg, RayTrainSession(cfg.training.device, cfg.ray.cpus_per_worker), progress=bool(loop_config.get("progress")))
 

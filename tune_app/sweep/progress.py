@@ -1,0 +1,98 @@
+"""What a running sweep tells the user and leaves for ``status``: two public Tune callbacks.
+
+* :class:`ProgressPrinter`: one line per trial report, start and end, instead of Tune's periodic
+  tables; trial start/end times go to ``trial_events.jsonl`` (start-up and efficiency benchmarks).
+* :class:`TrialStateWriter`: ``trials.json`` (each trial's id, status, parameters and folder),
+  rewritten whenever a trial is added or changes status. ``status``, ``report`` and the end of a
+  sweep read it, so they never depend on the layout of Tune's own experiment-state files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from tune_app.sweep.rundir import RunDir
+from tune_app.sweep.space import trial_name
+
+TRIALS_FILE = "trials.json"
+
+
+class TrialNamer:
+    """Names trials after their parameters (``lr=5e-05,kl_weight=10``); picklable for tuner.pkl."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+
+    def __call__(self, trial) -> str:
+        return trial_name(trial.config, self.keys)
+
+
+class TrialDirNamer(TrialNamer):
+    def __call__(self, trial) -> str:
+        return f"{trial.trial_id}_{trial_name(trial.config, self.keys)}"[:120]
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, keys: list[str], total_steps: int, metric: str, events_file: str | None):
+        self.keys, self.total_steps, self.metric, self.events_file = keys, total_steps, metric, events_file
+        self.start = time.monotonic()
+
+    def _event(self, trial, event: str) -> None:
+        if self.events_file:
+            with open(self.events_file, "a") as f:
+                f.write(json.dumps({"trial_id": trial.trial_id, "event": event, "time": time.time()}) + "\n")
+
+    def _say(self, trial, text: str) -> None:
+        print(f"[{time.monotonic() - self.start:6.1f}s] {trial_name(trial.config, self.keys)}: {text}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._event(trial, "start")
+        self._say(trial, "started")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        parts = [f"step {result.get('step', '?')}/{self.total_steps}"]
+        parts += [f"{k} {result[k]:.4g}" for k in ("loss", self.metric) if isinstance(result.get(k), (int, float))]
+        self._say(trial, " | ".join(parts))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._event(trial, "complete")
+        self._say(trial, "finished")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._event(trial, "error")
+        self._say(trial, f"FAILED (see {trial.local_path}/error.txt)")
+
+
+class TrialStateWriter(Callback):
+    """Keeps ``<run dir>/trials.json`` equal to Tune's list of trials and their statuses."""
+
+    def __init__(self, run_dir: str, keys: list[str]):
+        self.run_dir, self.keys = run_dir, keys
+        self._written: list | None = None
+
+    def _write(self, trials) -> None:
+        rows = [{"trial_id": t.trial_id, "status": t.status, "params": {k: t.config.get(k) for k in self.keys},
+                 "dir": Path(t.local_path).name if t.local_path else None} for t in trials]
+        if rows == self._written:
+            return
+        RunDir(self.run_dir).write_text(TRIALS_FILE, json.dumps(rows, indent=1, default=str))
+        self._written = rows
+
+    def on_step_end(self, iteration, trials, **info):
+        self._write(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._write(trials)
