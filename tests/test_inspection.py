@@ -64,15 +64,11 @@ def test_report_of_a_sweep_in_progress(sweep_dir, tmp_path):
     run_dir, _ = sweep_dir
     copy = tmp_path / "live"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("best*", "summary.json", "report.html"))
-    state_file = sorted(copy.glob("experiment_state-*.json"))[-1]
-    state = json.loads(state_file.read_text())
-    k = next(i for i, (t, _) in enumerate(state["trial_data"]) if json.loads(t)["status"] == "TERMINATED")
-    trial, runtime = state["trial_data"][k]
-    trial = json.loads(trial)
+    trials = json.loads((copy / "trials.json").read_text())
+    trial = next(t for t in trials if t["status"] == "TERMINATED")
     trial["status"] = "RUNNING"
-    state["trial_data"][k] = [json.dumps(trial), runtime]
-    state_file.write_text(json.dumps(state))
-    result_file = copy / trial["relative_logdir"] / "result.json"
+    (copy / "trials.json").write_text(json.dumps(trials))
+    result_file = copy / trial["dir"] / "result.json"
     result_file.write_text("\n".join(result_file.read_text().splitlines()[:2]) + "\n")
     data = extract_data(write_report(copy).read_text())
     live = next(t for t in data["trials"] if t["trial_id"] == trial["trial_id"])

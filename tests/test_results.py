@@ -9,16 +9,15 @@ from .conftest import run_cli
 def _run_dir(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({"name": "live", "metric": "val_loss", "mode": "min",
                                                      "parameters": ["training.lr"], "total_steps": 10}))
-    trial = {"trial_id": "abc_00000", "status": "RUNNING", "config": {"training.lr": 1e-4}, "relative_logdir": "abc_00000"}
-    state = json.dumps({"trial_data": [[json.dumps(trial), json.dumps({})]]})
-    return tmp_path / "experiment_state-2026-11-29_06-00-00.json", state
+    trials = [{"trial_id": "abc_00000", "status": "RUNNING", "params": {"training.lr": 1e-4}, "dir": "abc_00000"}]
+    return tmp_path / "trials.json", json.dumps(trials)
 
 
-def test_status_reads_the_state_again_when_it_catches_tune_rewriting_it(tmp_path):
+def test_status_reads_the_trial_list_again_when_it_catches_a_partial_copy(tmp_path):
     from tune_app.sweep.results import load_run
 
     state_file, state = _run_dir(tmp_path)
-    state_file.write_text(state[: len(state) // 2])            # Tune is half-way through rewriting the file
+    state_file.write_text(state[: len(state) // 2])            # a copy from a bucket caught half-way
     threading.Timer(0.5, state_file.write_text, args=(state,)).start()
     run = load_run(tmp_path)                                    # read before the rewrite ends: read again
     assert [(t.trial_id, t.state) for t in run.trials] == [("abc_00000", "RUNNING")]

@@ -163,32 +163,50 @@ def _quick_trial(config):
         tune.report({"step": step, "x": config["x"]})
 
 
-def test_tune_state_on_storage_is_never_behind_a_trial_transition(ray_local, tmp_path):
-    """tune_app.fastpath.tune_state: after every controller step the experiment state on storage (what ``status``
-    reads and ``resume`` restores) lists every trial with its current status; Tune alone saves it at most
-    every 10 s, so quick trials were missing from it or still RUNNING there after they finished."""
+def _tune_state_on_storage(folder: Path) -> dict[str, str]:
+    """Trial statuses in Tune's newest experiment-state file (Ray 2.60's layout; the fast path's own test)."""
+    files = sorted(folder.glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    for _ in range(10):
+        try:
+            data = json.loads(files[-1].read_text())
+            break
+        except json.JSONDecodeError:
+            time.sleep(0.1)
+    trials = [json.loads(item[0]) for item in data.get("trial_data", [])]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def test_state_on_storage_is_never_behind_a_trial_transition(ray_local, tmp_path):
+    """After every controller step both states on storage list every trial with its current status: Tune's
+    experiment state (what ``resume`` restores; fastpath.tune_state forces it, Tune alone saves it at most
+    every 10 s) and tune_app's trials.json (what ``status`` reads; written by a public Tune callback)."""
     from ray import tune
 
     from tune_app.fastpath.tune_state import durable_state
-    from tune_app.sweep.results import _latest_state_file, _trial_entries
+    from tune_app.sweep.progress import TrialStateWriter
 
     seen = []
 
     class CompareWithStorage(tune.Callback):
         def on_step_end(self, iteration, trials, **info):
-            state_file = _latest_state_file(tmp_path / "quick")
-            on_storage = {e["trial_id"]: e["status"] for e in _trial_entries(state_file)} if state_file else {}
-            seen.append((on_storage, {t.trial_id: t.status for t in trials}))
+            listed = tmp_path / "quick" / "trials.json"
+            ours = {t["trial_id"]: t["status"] for t in json.loads(listed.read_text())} if listed.is_file() else {}
+            seen.append((_tune_state_on_storage(tmp_path / "quick"), ours, {t.trial_id: t.status for t in trials}))
 
     tuner = tune.Tuner(_quick_trial, param_space={"x": tune.grid_search([1, 2, 3, 4])},
                        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
-                       run_config=tune.RunConfig(name="quick", storage_path=str(tmp_path), callbacks=[CompareWithStorage()]))
+                       run_config=tune.RunConfig(name="quick", storage_path=str(tmp_path),
+                                                 callbacks=[TrialStateWriter(str(tmp_path / "quick"), ["x"]), CompareWithStorage()]))
     with durable_state():
         results = tuner.fit()
     assert len(results) == 4 and not results.errors
-    statuses = {s for _, memory in seen for s in memory.values()}
+    statuses = {s for _, _, memory in seen for s in memory.values()}
     assert {"PENDING", "RUNNING", "TERMINATED"} <= statuses             # the transitions did happen in between
-    behind = [(disk, memory) for disk, memory in seen if disk != memory]
+    behind = [(tune_state, memory) for tune_state, _, memory in seen if tune_state != memory]
+    assert not behind, behind[:3]
+    behind = [(ours, memory) for _, ours, memory in seen if ours != memory]
     assert not behind, behind[:3]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tune_app.config import load_config
-from tune_app.tracking import redact_uri
+from tune_app.errors import mask_secrets
 
 from .conftest import REPO, TINY, grid_space, run_cli
 from .ports import owned_by
@@ -83,8 +83,8 @@ def _files_containing(root: Path, needle: str) -> list[Path]:
     return hits
 
 
-def test_redact_uri_masks_a_password():
-    assert redact_uri("https://robot:s3cret@mlflow.example/") == "https://robot:***@mlflow.example/"
+def test_a_password_in_a_uri_is_masked():
+    assert mask_secrets("https://robot:s3cret@mlflow.example/") == "https://robot:***@mlflow.example/"
     cfg = load_config(TINY, ["mlflow.tracking_uri=https://robot:s3cret@host:5000"])
     assert "s3cret" not in json.dumps(cfg.to_dict())
 

@@ -19,7 +19,6 @@ Validation happens once, here. Everything downstream gets a typed :class:`Config
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from tune_app.checks import is_uri
-from tune_app.errors import UserError, mask_secrets
+from tune_app.errors import UserError, did_you_mean, mask_secrets
 from tune_app.yamlio import dump_yaml, load_yaml, parse_scalar
 
 
@@ -201,22 +200,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def closest_key(key: str, candidates: list[str] | None = None) -> str | None:
-    candidates = candidates if candidates is not None else valid_keys()
-    hit = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    if hit:
-        return hit[0]
-    # Fall back to matching the last part alone (``training.learning_rate`` -> ``training.lr`` fails above).
-    leaf = key.rsplit(".", 1)[-1]
-    by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
-    hit = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.5)
-    return by_leaf[hit[0]] if hit else None
-
-
 def _unknown(key: str, source: str) -> UserError:
-    near = closest_key(key)
-    hint = f" (did you mean '{near}'?)" if near else ""
-    return UserError(f"{source}: unknown config key '{key}'{hint}")
+    return UserError(f"{source}: unknown config key '{key}'{did_you_mean(key, valid_keys())}")
 
 
 def _type_name(hint: Any) -> str:
@@ -312,9 +297,7 @@ def build_config(
     values: dict[str, Any] = {}
     for section, body in raw.items():
         if section not in SECTIONS:
-            near = difflib.get_close_matches(str(section), list(SECTIONS), n=1, cutoff=0.5)
-            hint = f" (did you mean '{near[0]}'?)" if near else f" (sections: {', '.join(SECTIONS)})"
-            raise UserError(f"{source}: unknown config section '{section}'{hint}")
+            raise UserError(f"{source}: unknown config section '{section}'{did_you_mean(str(section), list(SECTIONS), True)}")
         if body is None:
             continue
         if not isinstance(body, dict):

@@ -12,6 +12,7 @@ Ray carries back from a worker or a trial inside its own exception types.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import re
@@ -19,7 +20,8 @@ import re
 # Environment variables whose values are secrets: masked in every message tune_app prints.
 SECRET_ENV = ("WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY",
               "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN", "HF_TOKEN")
-_URI_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
+# user:password@ in a URI: the one pattern both for masking and for moving credentials out of a URI.
+_URI_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@")
 
 
 class UserError(Exception):
@@ -36,12 +38,33 @@ def mask_secrets(text: str | None) -> str | None:
     """``text`` with passwords in URIs (``https://user:***@host``) and secret env values masked."""
     if not text:
         return text
-    text = _URI_PASSWORD.sub(r"\1:***@", text)
+    text = _URI_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
     for key in SECRET_ENV:
         value = os.environ.get(key)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+def did_you_mean(word: str, options: list[str], list_options: bool = False) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options``; for dotted keys also by their last part
+    (``training.learning_rate`` -> ``training.lr``). Without a close one: the options when
+    ``list_options``, else nothing. The one suggestion helper for every "unknown name" message."""
+    near = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    if not near and "." in word:
+        by_leaf = {o.rsplit(".", 1)[-1]: o for o in options}
+        near = [by_leaf[m] for m in difflib.get_close_matches(word.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.5)]
+    if near:
+        return f" (did you mean '{near[0]}'?)"
+    return f" (valid: {', '.join(options)})" if list_options else ""
+
+
+def split_uri_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``https://user:pw@host/x`` -> ``("https://host/x", "user", "pw")``; a URI without them is returned as is."""
+    m = _URI_CREDENTIALS.match(uri)
+    if not m:
+        return uri, None, None
+    return m["scheme"] + uri[m.end():], m["user"], m["password"]
 
 
 _ERRNO_HINTS = {

@@ -7,14 +7,13 @@
 
 Secrets come only from the environment (``WANDB_API_KEY``, ``MLFLOW_TRACKING_TOKEN``,
 ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``); they are never put in a config, param, tag or log line,
-and :func:`redact_uri` strips credentials written into a tracking URI.
+and credentials written into a tracking URI move to the environment (:func:`mlflow_uri`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from ray.train import UserCallback
 
 from tune_app import fastpath
 from tune_app.config import Config
-from tune_app.errors import UserError, mask_secrets
+from tune_app.errors import UserError, mask_secrets, split_uri_credentials
 from tune_app.sweep.rundir import RunDir
 
 log = logging.getLogger("tune_app.tracking")
@@ -31,11 +30,6 @@ PARENT_FILE = "mlflow_parent_run_id"
 # Numbers that are bookkeeping, not training curves.
 NOT_METRICS = {"first_step_at", "time", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
                "pid", "iterations_since_restore", "done", "training_iteration"}
-
-
-def redact_uri(uri: str | None) -> str | None:
-    """``https://user:secret@host/`` -> ``https://user:***@host/``."""
-    return mask_secrets(uri)
 
 
 # ---------------------------------------------------------------- W&B
@@ -83,9 +77,6 @@ def sync_hint(run_dir: str | Path) -> str | None:
 # ---------------------------------------------------------------- MLflow
 
 
-_URI_CREDENTIALS = re.compile(r"^(https?://)([^:/@\s]+):([^@/\s]+)@(.+)$")
-
-
 def mlflow_uri(cfg: Config, run_dir: str | Path) -> str:
     """The configured URI, else ``MLFLOW_TRACKING_URI``, else an embedded sqlite store in the run dir.
 
@@ -94,12 +85,11 @@ def mlflow_uri(cfg: Config, run_dir: str | Path) -> str:
     reads them; the URI returned carries none, so nothing built from it (a pickled callback, a
     tag, a log line) can leak the password."""
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and (m := _URI_CREDENTIALS.match(uri)):
-        scheme, user, password, rest = m.groups()
-        if password != "***":                    # "***": a config saved by tune_app, already masked
+    if uri:
+        uri, user, password = split_uri_credentials(uri)
+        if password and password != "***":       # "***": a config saved by tune_app, already masked
             os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
             os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
-        uri = scheme + rest
     return uri or f"sqlite:///{RunDir(run_dir).local_dir / 'mlflow.db'}"
 
 
@@ -128,7 +118,7 @@ def check_mlflow(uri: str, timeout_s: int = 5) -> None:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not usable"
         reason = mask_secrets(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
-        raise UserError(f"mlflow.tracking_uri {redact_uri(uri)}: cannot reach the MLflow server ({reason}); "
+        raise UserError(f"mlflow.tracking_uri {mask_secrets(uri)}: cannot reach the MLflow server ({reason}); "
                         "start it, fix the URI, or set mlflow.enabled=false") from None
 
 
@@ -229,7 +219,7 @@ def mlflow_ui_hint(cfg: Config, run_dir: str) -> str | None:
         return None
     uri = mlflow_uri(cfg, run_dir)
     if uri.startswith(("http://", "https://")):
-        return f"MLflow: {redact_uri(uri)}"
+        return f"MLflow: {mask_secrets(uri)}"
     return f"MLflow runs are in {uri}; open them with: mlflow ui --backend-store-uri {uri}"
 
 

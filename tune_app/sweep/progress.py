@@ -15,10 +15,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from tune_app.sweep.rundir import RunDir
+from tune_app.sweep.rundir import TRIALS_FILE, RunDir
 from tune_app.sweep.space import trial_name
-
-TRIALS_FILE = "trials.json"
 
 
 class TrialNamer:

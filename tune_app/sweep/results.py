@@ -18,7 +18,7 @@ from typing import Any
 
 from tune_app.errors import UserError
 from tune_app.policy.manifest import complete_checkpoints
-from tune_app.sweep.rundir import RunDir
+from tune_app.sweep.rundir import SWEEP_FILE, TRIALS_FILE, RunDir
 from tune_app.sweep.space import trial_name
 from tune_app.yamlio import read_text
 
@@ -111,35 +111,21 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _latest_state_file(path: Path) -> Path | None:
-    files = sorted(path.glob("experiment_state-*.json"))
-    return files[-1] if files else None
-
-
-def _read_state(state_file: Path, tries: int = 10) -> dict[str, Any]:
-    """Tune's experiment state. Tune rewrites the file in place while a sweep runs, so a read can
-    catch it half written: then it is read again shortly."""
+def _read_trials(trials_file: Path, tries: int = 10) -> list[dict[str, Any]]:
+    """``trials.json`` (:class:`tune_app.sweep.progress.TrialStateWriter`). It is replaced whole, but a
+    copy being mirrored from a bucket can be caught part way: then it is read again shortly."""
     for attempt in range(1, tries + 1):
         try:
-            return json.loads(state_file.read_text())
+            rows = json.loads(trials_file.read_text())
+            if isinstance(rows, list) and all(isinstance(r, dict) and "trial_id" in r for r in rows):
+                return rows
+            raise UserError(f"{trials_file}: not a tune_app trial list; the run directory is damaged")
         except json.JSONDecodeError:
             if attempt == tries:
-                raise UserError(f"{state_file}: not a complete Tune experiment state; if no sweep is writing it, "
+                raise UserError(f"{trials_file}: not a complete trial list; if no sweep is writing it, "
                                 "the run directory is damaged") from None
             time.sleep(0.2)
-
-
-def _trial_entries(state_file: Path) -> list[dict[str, Any]]:
-    data = _read_state(state_file)
-    entries = []
-    for item in data.get("trial_data", []):
-        trial_json = item[0] if isinstance(item, (list, tuple)) else item
-        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-        runtime = {}
-        if isinstance(item, (list, tuple)) and len(item) > 1:
-            runtime = json.loads(item[1]) if isinstance(item[1], str) else item[1]
-        entries.append({**trial, "_runtime": runtime})
-    return entries
+    return []
 
 
 def _latest_checkpoint(run_dir: Path, trial_id: str) -> str | None:
@@ -147,7 +133,6 @@ def _latest_checkpoint(run_dir: Path, trial_id: str) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
-SWEEP_FILE = "sweep.json"
 SWEEP_META_KEYS = ("name", "metric", "mode", "parameters")
 
 
@@ -197,19 +182,14 @@ def _load_local(path: Path) -> Run:
         raise UserError(f"{path}: not a tune_app sweep directory (no sweep.json); give the directory `run` printed, e.g. runs/lr_grid")
     meta = read_sweep_meta(meta_file)
     trials: list[TrialRecord] = []
-    state_file = _latest_state_file(path)
-    for entry in (_trial_entries(state_file) if state_file else []):
-        trial_id = entry.get("trial_id")
-        config = entry.get("config") or {}
-        params = {k: config[k] for k in meta["parameters"] if k in config}
-        local = entry.get("_runtime", {}).get("_last_result", {}) if isinstance(entry.get("_runtime"), dict) else {}
-        dirname = entry.get("relative_logdir") or entry.get("_relative_logdir") or ""
-        trial_dir = path / dirname if dirname else None
-        history = _read_jsonl(trial_dir / "result.json") if trial_dir else []
-        if not history and local:
-            history = [local]
+    trials_file = path / TRIALS_FILE
+    for entry in (_read_trials(trials_file) if trials_file.is_file() else []):
+        trial_id = str(entry["trial_id"])
+        params = {k: v for k, v in (entry.get("params") or {}).items() if k in meta["parameters"]}
+        dirname = entry.get("dir") or ""
+        history = _read_jsonl(path / dirname / "result.json") if dirname else []
         trials.append(TrialRecord(trial_id=trial_id, name=trial_name(params, meta["parameters"]), params=params,
-                                  state=str(entry.get("status", "PENDING")), history=history,
+                                  state=str(entry.get("status") or "PENDING"), history=history,
                                   checkpoint=_latest_checkpoint(path, trial_id), total_steps=meta.get("total_steps")))
     return Run(path=path, name=meta["name"], metric=meta["metric"], mode=meta["mode"], parameters=meta["parameters"],
                total_steps=meta.get("total_steps"), trials=trials)

@@ -118,7 +118,8 @@ class RunDir:
 
 # ---------------------------------------------------------------- a sweep's files in its run directory
 
-SWEEP_FILE = "sweep.json"
+SWEEP_FILE = "sweep.json"      # what resume and status need (and the mark of a tune_app sweep)
+TRIALS_FILE = "trials.json"    # each trial's id, status, parameters, folder (tune_app.sweep.progress)
 
 
 def run_dir_for(sweep: Sweep) -> str:

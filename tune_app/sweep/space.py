@@ -21,15 +21,14 @@ Everything is checked before anything starts; a mistake is one :class:`UserError
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tune_app.checks import check_name, is_uri
-from tune_app.config import HINTS, Config, build_config, check_value, closest_key, parse_override
-from tune_app.errors import UserError
+from tune_app.config import HINTS, Config, build_config, check_value, parse_override
+from tune_app.errors import UserError, did_you_mean
 from tune_app.yamlio import load_yaml
 
 TOP_KEYS = ["method", "metric", "parameters", "early_terminate", "run_cap", "base_config", "overrides", "ray",
@@ -110,11 +109,6 @@ def _fail(source: Path, msg: str) -> UserError:
     return UserError(f"{source}: {msg}")
 
 
-def _suggest(word: str, options: list[str]) -> str:
-    near = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f" (did you mean '{near[0]}'?)" if near else f" (valid: {', '.join(options)})"
-
-
 def _domain(key: str, spec: dict[str, Any], method: str):
     from ray import tune
 
@@ -146,16 +140,14 @@ def _domain(key: str, spec: dict[str, Any], method: str):
 def _check_parameter(source: Path, key: str, spec: Any, method: str) -> dict[str, Any]:
     where = f"parameters.{key}"
     if key not in HINTS:
-        near = closest_key(key)
-        hint = f" (did you mean '{near}'?)" if near else ""
-        raise _fail(source, f"{where}: '{key}' is not a training-config key{hint}")
+        raise _fail(source, f"{where}: '{key}' is not a training-config key{did_you_mean(key, list(HINTS))}")
     if not isinstance(spec, dict):
         raise _fail(source, f"{where}: expected a mapping such as {{values: [...]}} or {{value: X}}, got {spec!r}")
     for k, v in spec.items():
         if k not in PARAM_KEYS:
             # A list value can only belong to 'values' (or 'probabilities'), whatever the spelling.
             options = ["values", "probabilities"] if isinstance(v, list) else PARAM_KEYS
-            raise _fail(source, f"{where}: unknown key '{k}'{_suggest(str(k), options)}")
+            raise _fail(source, f"{where}: unknown key '{k}'{did_you_mean(str(k), options, True)}")
     spec = dict(spec)
     dist = spec.get("distribution")
     if dist is None:  # W&B's inference
@@ -169,7 +161,7 @@ def _check_parameter(source: Path, key: str, spec: Any, method: str) -> dict[str
         else:
             raise _fail(source, f"{where}: give 'value', 'values', or 'min' and 'max' (with a 'distribution')")
     if dist not in DISTRIBUTIONS:
-        raise _fail(source, f"{where}: unsupported distribution '{dist}'{_suggest(str(dist), list(DISTRIBUTIONS))}")
+        raise _fail(source, f"{where}: unsupported distribution '{dist}'{did_you_mean(str(dist), list(DISTRIBUTIONS), True)}")
     spec["distribution"] = dist
     label = f"{source} {where}"
     if dist == "constant":
@@ -211,7 +203,7 @@ def _check_early_terminate(source: Path, et: Any) -> dict[str, Any] | None:
         raise _fail(source, f"early_terminate: expected a mapping with type: hyperband, got {et!r}")
     for k in et:
         if k not in HYPERBAND_KEYS:
-            raise _fail(source, f"early_terminate: unknown key '{k}'{_suggest(str(k), HYPERBAND_KEYS)}")
+            raise _fail(source, f"early_terminate: unknown key '{k}'{did_you_mean(str(k), HYPERBAND_KEYS, True)}")
     if et.get("type") != "hyperband":
         raise _fail(source, f"early_terminate.type: only 'hyperband' (run as ASHA) is supported, got {et.get('type')!r}")
     out = {"type": "hyperband", "min_iter": et.get("min_iter", 1), "eta": et.get("eta", 3), "max_iter": et.get("max_iter")}
@@ -230,7 +222,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, name: str |
     raw = load_yaml(source, "search-space file")
     for key in raw:
         if key not in TOP_KEYS:
-            raise _fail(source, f"unknown key '{key}'{_suggest(str(key), TOP_KEYS)}")
+            raise _fail(source, f"unknown key '{key}'{did_you_mean(str(key), TOP_KEYS, True)}")
 
     method = raw.get("method", "grid")
     if method not in METHODS:
@@ -240,7 +232,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, name: str |
         raise _fail(source, "metric: expected {name: METRIC, goal: minimize|maximize}")
     for k in metric:
         if k not in ("name", "goal", "target"):
-            raise _fail(source, f"metric: unknown key '{k}'{_suggest(str(k), ['name', 'goal', 'target'])}")
+            raise _fail(source, f"metric: unknown key '{k}'{did_you_mean(str(k), ['name', 'goal', 'target'], True)}")
     goal = metric.get("goal", "minimize")
     if goal not in ("minimize", "maximize"):
         raise _fail(source, f"metric.goal: '{goal}' must be minimize or maximize")
@@ -256,7 +248,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, name: str |
     allowed_ray = list(TRIAL_RAY_KEYS + SWEEP_RAY_KEYS)
     for k in ray_section:
         if k not in allowed_ray:
-            raise _fail(source, f"ray: unknown key '{k}'{_suggest(str(k), allowed_ray)}")
+            raise _fail(source, f"ray: unknown key '{k}'{did_you_mean(str(k), allowed_ray, True)}")
 
     base_ref = raw.get("base_config")
     base_path = None
