@@ -12,6 +12,9 @@ FROM ${BASE}
 # For a base without torch: empty = torch from PyPI (CUDA wheels on Linux); the CPU build:
 # https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX=""
+# The Ray release the fast path was tested on (tune_app/fastpath TESTED_RAY); any other in pyproject's
+# range runs in stock mode. A cluster's nodes and the driver must run the same Ray.
+ARG RAY_VERSION=2.60.0
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 RAY_USAGE_STATS_ENABLED=0
 WORKDIR /app
 
@@ -21,9 +24,10 @@ WORKDIR /app
 # (python:3.11-slim) gets the README's torch==2.13.0.
 COPY pyproject.toml README.md ./
 COPY tune_app ./tune_app
-RUN if python -c "import torch" 2>/dev/null; then \
-      python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch-pin.txt && pip install -c /tmp/torch-pin.txt -e .; \
-    else pip install torch==2.13.0 ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} && pip install -e .; fi
+RUN echo "ray==${RAY_VERSION}" > /tmp/pins.txt && \
+    if python -c "import torch" 2>/dev/null; then \
+      python -c "import torch; print('torch==' + torch.__version__)" >> /tmp/pins.txt && pip install -c /tmp/pins.txt -e .; \
+    else pip install torch==2.13.0 ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} && pip install -c /tmp/pins.txt -e .; fi
 
 COPY configs ./configs
 COPY search_spaces ./search_spaces

@@ -1,19 +1,18 @@
-"""Trial start-up and sweep efficiency of `tune_app run`, next to the stock Ray pattern, in one run.
+"""Trial start-up and sweep efficiency of `tune_app run` in its two modes, side by side in one run.
 
-Runs search_spaces/lr_grid.yaml (shortened with --steps) twice, each in its own process and Ray
-session, with the same train loop, data and trials:
+Runs search_spaces/lr_grid.yaml (shortened with --steps) once per mode, each in its own process and
+embedded Ray session, with the same train loop, data and trials:
 
-* "tune_app": `tune_app run` as shipped (tune_app.cluster.connect.connect + run_sweep: the controller in
-  the trial's process, trial processes and their DDP workers reused, one placement-group janitor per sweep, fast Train
-  polling; see tune_app/fastpath/trainer.py);
-* "stock": the pattern the issue measured: a plain ray.init with Ray's defaults, a Tune function
-  trainable calling Ray's own TorchTrainer(...).fit() with TuneReportCallback, no actor reuse.
+* "fast": the fast path (tune_app/fastpath: the Train controller in the trial's process, trial
+  processes and their DDP workers reused, one placement-group janitor per sweep);
+* "stock": stock Ray mode (TUNE_APP_FAST=0): a Tune function trainable calling Ray's own
+  TorchTrainer(...).fit() with TuneReportCallback, no actor reuse -- what runs on an untested Ray.
 
 Prints per-trial start-up (trial start -> first optimizer step; median, max, and each trial's in
-start order: the first wave starts cold, later trials of tune_app on warm workers) and sweep
+start order: the first wave starts cold, later fast trials on warm workers) and sweep
 efficiency = sum of time in optimizer steps / (wall x trial slots).
 
-    python benchmarks/sweep_overhead.py [--steps 60] [--workers 1] [--modes tune_app,stock]
+    python benchmarks/sweep_overhead.py [--steps 60] [--workers 1] [--modes fast,stock]
 """
 
 from __future__ import annotations
@@ -31,45 +30,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def stock_trial(params, base, trials_dir, cluster_gpus):
-    """The stock Train V2 pattern: a Tune function trainable that runs Ray's TorchTrainer.fit()."""
-    from ray import tune
-    from ray.train._internal.session import get_session
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from tune_app.config import build_config
-    from tune_app.trainable import make_torch_trainer
-
-    cfg = build_config(base, source="trial", overrides=params, override_source="trial parameter")
-    name = f"train-{tune.get_context().get_trial_id()}"
-    make_torch_trainer(cfg, trials_dir, name, cluster_gpus, callbacks=[TuneReportCallback()], stock=True).fit()
-    # Ray 2.60: a trial whose last report is still queued when this returns can hang; wait for it.
-    queue = get_session()._get_or_create_inter_actor_queue()
-    while not queue.empty():
-        time.sleep(0.05)
-
-
-def run_stock(sweep, storage: str, slots: int, gpus: float) -> Path:
-    from ray import tune
-
-    run_dir = Path(storage) / sweep.name
-    events = run_dir / "trial_events.jsonl"
-
-    class Events(tune.Callback):
-        def on_trial_start(self, iteration, trials, trial, **info):
-            events.parent.mkdir(parents=True, exist_ok=True)
-            with events.open("a") as f:
-                f.write(json.dumps({"trial_id": trial.trial_id, "event": "start", "time": time.time()}) + "\n")
-
-    trainable = tune.with_resources(tune.with_parameters(stock_trial, base=sweep.base.to_dict(), trials_dir=str(run_dir / "trials"),
-                                                         cluster_gpus=gpus), {"cpu": 0, "memory": 1})
-    tune.Tuner(trainable, param_space=sweep.param_space(),
-               tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-                                           max_concurrent_trials=slots),
-               run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0, callbacks=[Events()])).fit()
-    return run_dir
-
-
 def measure(mode: str, steps: int, workers: int, storage: str) -> dict:
     from tune_app.sweep.run import default_concurrency, run_sweep
     from tune_app.sweep.space import load_sweep
@@ -77,25 +37,16 @@ def measure(mode: str, steps: int, workers: int, storage: str) -> dict:
     overrides = [f"training.steps={steps}", f"training.log_freq={max(steps // 4, 1)}",
                  f"training.eval_freq={steps}", f"training.save_freq={steps}", f"ray.num_workers={workers}"]
     sweep = load_sweep(REPO / "search_spaces" / "lr_grid.yaml", overrides=overrides, storage_path=storage)
-    if mode == "tune_app":
-        from tune_app.cluster import connect as cluster
+    from tune_app import fastpath
+    from tune_app.cluster import connect as cluster
 
-        conn = cluster.connect(num_cpus=2, log_to_driver=False)
-        slots = default_concurrency(sweep, conn)
-        t0 = time.time()
-        run_sweep(sweep, conn)
-        run_dir = Path(storage) / sweep.name
-    else:
-        import ray
-
-        from tune_app.cluster.connect import Connection
-
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, log_to_driver=False)
-        res = ray.cluster_resources()
-        slots = default_concurrency(sweep, Connection(None, None, res.get("CPU", 0), res.get("GPU", 0)))
-        t0 = time.time()
-        run_dir = run_stock(sweep, storage, slots, res.get("GPU", 0))
+    conn = cluster.connect(num_cpus=2, log_to_driver=False)
+    slots = default_concurrency(sweep, conn)
+    chosen = fastpath.choose() if mode == "fast" else fastpath.Mode(False, "benchmark")
+    assert chosen.fast == (mode == "fast"), chosen.line()
+    t0 = time.time()
+    run_sweep(sweep, conn, mode=chosen)
+    run_dir = Path(storage) / sweep.name
     wall = time.time() - t0
     starts = {}
     for line in (run_dir / "trial_events.jsonl").read_text().splitlines():
@@ -120,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--workers", type=int, default=1, help="DDP workers per trial (ray.num_workers)")
-    ap.add_argument("--modes", default="tune_app,stock")
+    ap.add_argument("--modes", default="fast,stock")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -144,9 +95,9 @@ def main() -> None:
               f"{r['step_time']:7.1f} {r['efficiency']:11.3f}")
     for r in results.values():
         print(f"{r['mode']:10} start-up of each trial, in start order: {' '.join(f'{x:.2f}s' for x in r['startup_each'])}")
-    if {"tune_app", "stock"} <= results.keys():
-        a, b = results["tune_app"], results["stock"]
-        print(f"start-up ratio (stock / tune_app, median): {b['startup_median'] / a['startup_median']:.2f}x; "
+    if {"fast", "stock"} <= results.keys():
+        a, b = results["fast"], results["stock"]
+        print(f"start-up ratio (stock / fast, median): {b['startup_median'] / a['startup_median']:.2f}x; "
               f"wall ratio: {b['wall'] / a['wall']:.2f}x; efficiency {a['efficiency']:.3f} vs {b['efficiency']:.3f}")
 
 

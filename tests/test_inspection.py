@@ -64,10 +64,10 @@ def test_report_of_a_sweep_in_progress(sweep_dir, tmp_path):
     run_dir, _ = sweep_dir
     copy = tmp_path / "live"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("best*", "summary.json", "report.html"))
-    trials = json.loads((copy / "trials.json").read_text())
+    trials = [json.loads(x) for x in (copy / "trials.jsonl").read_text().splitlines()]
     trial = next(t for t in trials if t["status"] == "TERMINATED")
     trial["status"] = "RUNNING"
-    (copy / "trials.json").write_text(json.dumps(trials))
+    (copy / "trials.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trials))
     result_file = copy / trial["dir"] / "result.json"
     result_file.write_text("\n".join(result_file.read_text().splitlines()[:2]) + "\n")
     data = extract_data(write_report(copy).read_text())

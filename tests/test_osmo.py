@@ -189,10 +189,16 @@ def test_dockerfile_installs_the_readme_way_and_ships_what_the_workflow_runs():
     assert main_cmd == "pip install torch==2.13.0 && pip install -e ."
     run = docker[docker.index("\nRUN ") + 1:].split("\n\n", 1)[0].replace("\\\n", "")
     keep_torch, no_torch = re.split(r";\s+else ", run, maxsplit=1)
+    # Ray pinned to the release the fast path was tested on, in both branches.
+    from tune_app.fastpath import TESTED_RAY
+
+    ray_pin = re.search(r"^ARG RAY_VERSION=(\S+)$", docker, re.M).group(1)
+    assert ray_pin.rsplit(".", 1)[0] in TESTED_RAY and 'echo "ray==${RAY_VERSION}" > /tmp/pins.txt' in keep_torch
     # A base with torch (NGC) keeps it, pinned; a base without gets the README's install, nothing else.
-    assert 'if python -c "import torch"' in keep_torch and "pip install -c /tmp/torch-pin.txt -e ." in keep_torch
+    assert 'if python -c "import torch"' in keep_torch and "pip install -c /tmp/pins.txt -e ." in keep_torch
     assert "torch==2.13.0" not in keep_torch
-    assert re.sub(r' \$\{TORCH_INDEX:\+[^}]*\}', "", no_torch).split("; fi")[0].strip() == main_cmd
+    assert re.sub(r' \$\{TORCH_INDEX:\+[^}]*\}', "", no_torch).split("; fi")[0].strip() == main_cmd.replace(
+        "pip install -e .", "pip install -c /tmp/pins.txt -e .")
     assert re.search(r"^ARG BASE=nvcr\.io/nvidia/pytorch:\S+$", docker, re.M) and "FROM ${BASE}" in docker
     assert "WORKDIR /app" in docker
     app_dir = yaml.safe_load((REPO / "osmo" / "ray-sweep.yaml").read_text().split("default-values:", 1)[1])["app_dir"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tune_app import fastpath
 from tune_app.sweep.results import load_run, render_table
 from tune_app.sweep.run import run_sweep
 from tune_app.sweep.space import load_sweep
@@ -90,17 +91,21 @@ def test_run_resume_existing_continues_instead_of_starting_over(grid_run):
     assert len(load_run(run_dir).trials) == 6
 
 
-def test_asha_stops_a_weak_trial_early(ray_local, tmp_path):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "stock"])
+def test_asha_stops_a_weak_trial_early(ray_local, tmp_path, fast):
     space = grid_space(tmp_path, "asha", [3.0e-4, 1.0e-3, 1.0e-8, 1.0e-9],
                        "early_terminate: {type: hyperband, min_iter: 10, eta: 2, max_iter: 30}\nray: {max_concurrent_trials: 1}")
     overrides = ["training.steps=30", "training.log_freq=10", "training.eval_freq=10", "training.save_freq=10",
                  "training.val_batches=2", "data.demo_episodes=12", "data.demo_episode_len=30"]
-    summary = run_sweep(load_sweep(space, overrides=overrides, storage_path=str(tmp_path)), ray_local)
+    mode = fastpath.Mode(fast, "" if fast else "test")
+    summary = run_sweep(load_sweep(space, overrides=overrides, storage_path=str(tmp_path)), ray_local, mode=mode)
     steps = {t["params"]["training.lr"]: t["last_step"] for t in summary["trials"]}
     assert steps[3e-4] == 30                                 # the first trial sets the bar and runs out
     assert any(s < 30 for s in steps.values())               # at least one weak trial was cut at a rung
     assert any(t["state"] == "STOPPED EARLY" for t in summary["trials"])
     assert "STOPPED EARLY" in render_table(load_run(tmp_path / "asha"))
+    if not fast:
+        return
     # Early-stopped runs were aborted in place: the one trial process went on to run every later trial;
     # a finished run's worker is kept for the next trial, an aborted run's is not (a new one follows it).
     assert len(_trial_pids(tmp_path / "asha")) == 1
@@ -114,13 +119,15 @@ def _events(run_dir):
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
 
-def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+@pytest.mark.parametrize("fast", ["1", "0"], ids=["fast", "stock"])
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, fast):
+    env = {**os.environ, "TUNE_APP_FAST": fast}
     space = grid_space(tmp_path, "two", [1.0e-4, 5.0e-5], "ray: {max_concurrent_trials: 1, name: two}")
     args = ["run", str(space), "--storage", str(tmp_path), "--num-cpus", "2",
             "--override", "training.steps=80", "--override", "training.save_freq=10", "--override", "training.log_freq=10",
             "--override", "training.eval_freq=40", "--override", "training.val_batches=2"]
     run_dir = tmp_path / "two"
-    proc = subprocess.Popen([sys.executable, "-m", "tune_app", *args], cwd=REPO, start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-m", "tune_app", *args], cwd=REPO, start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
@@ -140,9 +147,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert during.returncode == 0 and "TERMINATED" in during.stdout
     finished, interrupted = done.pop(), second[0]
 
-    again = run_cli(*args)
+    again = run_cli(*args, env=env)
     assert again.returncode == 2 and "resume" in again.stderr          # no silent mixing
-    resumed = run_cli("resume", str(run_dir), "--num-cpus", "2")
+    resumed = run_cli("resume", str(run_dir), "--num-cpus", "2", env=env)
+    assert ("stock Ray mode" in resumed.stdout) == (fast == "0")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     starts = [e["trial_id"] for e in _events(run_dir) if e["event"] == "start"]
@@ -181,7 +189,7 @@ def _tune_state_on_storage(folder: Path) -> dict[str, str]:
 def test_state_on_storage_is_never_behind_a_trial_transition(ray_local, tmp_path):
     """After every controller step both states on storage list every trial with its current status: Tune's
     experiment state (what ``resume`` restores; fastpath.tune_state forces it, Tune alone saves it at most
-    every 10 s) and tune_app's trials.json (what ``status`` reads; written by a public Tune callback)."""
+    every 10 s) and tune_app's trials.jsonl (what ``status`` reads; written by a public Tune callback)."""
     from ray import tune
 
     from tune_app.fastpath.tune_state import durable_state
@@ -191,8 +199,8 @@ def test_state_on_storage_is_never_behind_a_trial_transition(ray_local, tmp_path
 
     class CompareWithStorage(tune.Callback):
         def on_step_end(self, iteration, trials, **info):
-            listed = tmp_path / "quick" / "trials.json"
-            ours = {t["trial_id"]: t["status"] for t in json.loads(listed.read_text())} if listed.is_file() else {}
+            listed = tmp_path / "quick" / "trials.jsonl"
+            ours = {json.loads(x)["trial_id"]: json.loads(x)["status"] for x in listed.read_text().splitlines()} if listed.is_file() else {}
             seen.append((_tune_state_on_storage(tmp_path / "quick"), ours, {t.trial_id: t.status for t in trials}))
 
     tuner = tune.Tuner(_quick_trial, param_space={"x": tune.grid_search([1, 2, 3, 4])},

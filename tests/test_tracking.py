@@ -98,21 +98,32 @@ def test_unreachable_tracking_server_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "lr_grid").exists()
 
 
-@pytest.fixture(scope="module")
-def tracked_sweep(mlflow_server, tmp_path_factory):
+@pytest.fixture(scope="module", params=["fast", "stock"])
+def tracked_sweep(mlflow_server, tmp_path_factory, request):
+    """The same 2-trial grid, tracked, in fast mode and in stock mode (Ray's own callbacks)."""
     url, _ = mlflow_server
-    storage = tmp_path_factory.mktemp("tracked")
+    storage = tmp_path_factory.mktemp(f"tracked-{request.param}")
     space = grid_space(storage, "two", [1.0e-4, 3.0e-4], "ray: {name: tracked}")
     args = ["run", str(space), "--storage", str(storage), "--num-cpus", "2",
             "--override", "wandb.enabled=true", "--override", "wandb.mode=offline", "--override", "wandb.tags=[ci,sweep]",
             "--override", "mlflow.enabled=true", "--override", f"mlflow.tracking_uri={url}",
-            "--override", "mlflow.experiment_name=tracked-sweep"]
+            "--override", f"mlflow.experiment_name=tracked-sweep-{request.param}"]
     for o in SHORT:
         args += ["--override", o]
-    proc = run_cli(*args, env=SECRET_ENV)
+    proc = run_cli(*args, env={**SECRET_ENV, "TUNE_APP_FAST": "1" if request.param == "fast" else "0"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-5000:]      # trackers shut down quietly
-    return storage / "tracked", proc
+    assert ("stock Ray mode" in proc.stdout) == (request.param == "stock")
+    if request.param == "fast":
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-5000:]      # trackers shut down quietly
+    return storage / "tracked", proc, request.param
+
+
+@pytest.mark.slow
+def test_status_of_a_tracked_sweep(tracked_sweep):
+    run_dir, _, _ = tracked_sweep
+    data = json.loads(run_cli("status", str(run_dir), "--json").stdout)
+    assert [t["state"] for t in data["trials"]] == ["TERMINATED"] * 2 and data["best_trial"]
+    assert all(t["last_step"] == 10 for t in data["trials"])
 
 
 @pytest.mark.slow
@@ -121,7 +132,8 @@ def test_mlflow_has_one_parent_and_nested_trial_runs(tracked_sweep, mlflow_serve
 
     url, _ = mlflow_server
     client = MlflowClient(tracking_uri=url)
-    exp = client.get_experiment_by_name("tracked-sweep")
+    mode = tracked_sweep[2]
+    exp = client.get_experiment_by_name(f"tracked-sweep-{mode}")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("tune_app.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
@@ -131,7 +143,8 @@ def test_mlflow_has_one_parent_and_nested_trial_runs(tracked_sweep, mlflow_serve
     assert sorted(float(c.data.params["training.lr"]) for c in children) == [1e-4, 3e-4]
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val_loss")
-        assert [m.step for m in history] == [0, 5, 10]
+        # fast: stepped by optimizer step; stock: Ray's callback steps by report count
+        assert [m.step for m in history] == ([0, 5, 10] if mode == "fast" else [1, 2, 3])
         assert child.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "summary.json", "best_checkpoint"} <= artifacts
@@ -142,7 +155,7 @@ def test_mlflow_has_one_parent_and_nested_trial_runs(tracked_sweep, mlflow_serve
 
 @pytest.mark.slow
 def test_wandb_offline_run_per_trial_with_metric_history(tracked_sweep):
-    run_dir, proc = tracked_sweep
+    run_dir, proc, _ = tracked_sweep
     logs = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(logs) == 2
     for log in logs:
@@ -156,7 +169,7 @@ def test_wandb_offline_run_per_trial_with_metric_history(tracked_sweep):
 
 @pytest.mark.slow
 def test_no_secret_reaches_any_file(tracked_sweep, mlflow_server):
-    run_dir, proc = tracked_sweep
+    run_dir, proc, _ = tracked_sweep
     _, mlflow_root = mlflow_server
     for secret in (FAKE_KEY, FAKE_PASSWORD):
         assert _files_containing(run_dir, secret) == []

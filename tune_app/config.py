@@ -28,6 +28,7 @@ from typing import Any, Literal, Union
 
 from tune_app.checks import is_uri
 from tune_app.errors import UserError, did_you_mean, mask_secrets
+from tune_app.policy.config import ModelConfig
 from tune_app.yamlio import dump_yaml, load_yaml, parse_scalar
 
 
@@ -57,26 +58,6 @@ class ConventionsConfig:
     joint_sign: list[float] = field(default_factory=lambda: [1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
     wrap_angles: bool = True
     image_resize: list[int] = field(default_factory=lambda: [480, 848])  # [H, W]
-
-
-@dataclass
-class ModelConfig:
-    state_dim: int = 6
-    action_dim: int = 6
-    chunk_size: int = 100
-    dim_model: int = 512
-    n_heads: int = 8
-    dim_feedforward: int = 3200
-    n_encoder_layers: int = 4
-    n_decoder_layers: int = 1
-    n_vae_encoder_layers: int = 4
-    latent_dim: int = 32
-    dropout: float = 0.1
-    use_vae: bool = True
-    vision_backbone: Literal["resnet18"] = "resnet18"
-    pretrained_backbone: bool = False
-    backbone_weights: str | None = None   # local ResNet-18 weights (.safetensors or torchvision .pth)
-    kl_reduction: Literal["mean", "sum"] = "mean"
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 from ray.train import UserCallback
 
 from tune_app import fastpath
-from tune_app.config import Config
+from tune_app.config import Config, flatten
 from tune_app.errors import UserError, mask_secrets, split_uri_credentials
 from tune_app.sweep.rundir import RunDir
 
@@ -181,8 +181,6 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
 
 def _base_params(run_dir: str) -> dict[str, Any]:
     import yaml
-
-    from tune_app.config import flatten
 
     text = RunDir(run_dir).read_text("base_config.yaml")
     return flatten(yaml.safe_load(text) or {}) if text else {}

@@ -26,7 +26,9 @@ from typing import Any
 import yaml
 
 from tune_app.checks import is_uri
+from tune_app.cluster.node import parse_size
 from tune_app.errors import UserError
+from tune_app.sweep.space import load_sweep
 from tune_app.yamlio import read_text
 
 TOP_KEYS = {"workflow", "default-values", "version"}
@@ -596,8 +598,6 @@ PLACEHOLDER_IMAGE = re.compile(r"your-org|<|>")
 def render_values(args) -> dict[str, Any]:
     """The workflow values ``osmo render`` sets for a sweep (before ``--set``), checked: the search
     space inside the checkout, a real image, credentials that follow the config, the data input."""
-    from tune_app.sweep.space import load_sweep
-
     repo = workflow_template().parents[1]
     try:
         space = Path(args.space).resolve().relative_to(repo)
@@ -633,8 +633,6 @@ def render_values(args) -> dict[str, Any]:
               "wandb_credential": "wandb" if sweep.base.wandb.enabled else "",
               "mlflow_credential": "mlflow" if sweep.base.mlflow.enabled else ""}
     if args.shm_size:
-        from tune_app.cluster.node import parse_size
-
         try:
             parse_size(args.shm_size)
         except ValueError as exc:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from tune_app.errors import UserError
+from tune_app.sweep.space import load_sweep
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -60,8 +61,6 @@ def build_entrypoint(space_rel: str, storage: str, name: str | None, overrides: 
 def submit(space: str, address: str, storage: str | None, name: str | None, overrides: list[str], extra: list[str],
            follow: bool) -> int:
     from ray.job_submission import JobSubmissionClient
-
-    from tune_app.sweep.space import load_sweep
 
     sweep = load_sweep(space, overrides=overrides, name=name, storage_path=storage)
     storage = storage or sweep.storage_path

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from tune_app.config import Config
-from tune_app.data.dataset import ChunkDataset, NormStats, compute_stats
+from tune_app.data.dataset import ChunkDataset, compute_stats
 from tune_app.data.demo import make_demo
 from tune_app.data.episodes import EpisodeSet, split_episodes
+from tune_app.data.sources import load_external, prepare_cache
 from tune_app.errors import UserError
+from tune_app.policy.normalize import NormStats
 
 __all__ = ["ChunkDataset", "EpisodeSet", "NormStats", "Prepared", "describe_source", "ensure_data", "load_episode_set", "prepare"]
 
@@ -39,8 +41,6 @@ def load_episode_set(cfg: Config) -> EpisodeSet:
     """All episodes of the configured source."""
     check_source(cfg)
     if cfg.data.bag_dir or cfg.data.lerobot_root:
-        from tune_app.data.sources import load_external
-
         return load_external(cfg)
     h, w = cfg.conventions.image_resize
     return make_demo(cfg.data.demo_episodes, cfg.data.demo_episode_len, (h, w), state_dim=cfg.model.state_dim)
@@ -51,8 +51,6 @@ def ensure_data(cfg: Config, log=print) -> None:
     cache once (with a progress bar), so trials start by mapping it instead of decoding it."""
     check_source(cfg)
     if cfg.data.bag_dir or cfg.data.lerobot_root:
-        from tune_app.data.sources import prepare_cache
-
         eps, built, folder = prepare_cache(cfg)
         check_dims(eps, cfg)
         log(f"data: {eps.source}: {eps.num_episodes} episodes, {eps.num_frames} frames "
@@ -68,8 +66,6 @@ def check_dims(eps: EpisodeSet, cfg: Config) -> None:
 def train_samples(cfg: Config) -> int:
     """Training samples (frames of the training episodes) the config's data gives, without images."""
     if cfg.data.bag_dir or cfg.data.lerobot_root:
-        from tune_app.data.sources import prepare_cache
-
         lengths = prepare_cache(cfg, log=lambda m: None)[0].episode_lengths()
     else:
         lengths = np.full(cfg.data.demo_episodes, cfg.data.demo_episode_len)

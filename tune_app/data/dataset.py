@@ -10,37 +10,15 @@ summed per channel in float64 a block at a time, never copied to float32 whole.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tune_app.data.cache import image_moments
 from tune_app.data.episodes import EpisodeSet
+from tune_app.policy.normalize import NormStats
 
 STD_FLOOR = 1e-6
-
-
-@dataclass
-class NormStats:
-    state_mean: np.ndarray
-    state_std: np.ndarray
-    action_mean: np.ndarray
-    action_std: np.ndarray
-    image_mean: np.ndarray  # (3,), on the 0-1 scale
-    image_std: np.ndarray
-
-    # LeRobot's processor key names, used in checkpoints.
-    KEYS = {"state_mean": "observation.state.mean", "state_std": "observation.state.std",
-            "action_mean": "action.mean", "action_std": "action.std",
-            "image_mean": "observation.images.color.mean", "image_std": "observation.images.color.std"}
-
-    def to_named(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(getattr(self, attr), dtype=np.float32) for attr, name in self.KEYS.items()}
-
-    @classmethod
-    def from_named(cls, named: dict) -> NormStats:
-        return cls(**{attr: np.asarray(named[name], dtype=np.float32) for attr, name in cls.KEYS.items()})
 
 
 def _frame_indices(eps: EpisodeSet, episode_ids: list[int]) -> np.ndarray:
@@ -59,8 +37,6 @@ def compute_stats(eps: EpisodeSet, episode_ids: list[int]) -> NormStats:
     if eps.image_moments is not None:
         count, total, total_sq = eps.image_moments[episode_ids].sum(0) if episode_ids else np.zeros((3, 3))
     else:
-        from tune_app.data.cache import image_moments
-
         starts, ends = eps.episode_starts[episode_ids], eps.episode_ends[episode_ids]
         count, total, total_sq = image_moments(eps.images, starts, ends).sum(0) if episode_ids else np.zeros((3, 3))
     img_mean = total / np.maximum(count, 1)

@@ -16,10 +16,10 @@ from tune_app.data.episodes import EpisodeSet
 
 def source_for(cfg: Config):
     if cfg.data.bag_dir:
-        from tune_app.data.rosbag import BagSource
+        from tune_app.data.rosbag import BagSource  # deferred: only the source a config names is imported
 
         return BagSource(cfg)
-    from tune_app.data.lerobot import LeRobotSource
+    from tune_app.data.lerobot import LeRobotSource  # deferred: as above
 
     return LeRobotSource(cfg)
 

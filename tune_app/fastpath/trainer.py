@@ -33,6 +33,7 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.controller.state import AbortedState
 
+from tune_app.fastpath import TrialHooks
 from tune_app.fastpath.janitor import JanitorCallback, start_janitor
 from tune_app.fastpath.tune_state import durable_state
 from tune_app.fastpath.warm_workers import WarmWorkerGroup
@@ -163,8 +164,6 @@ def janitor_name(sweep_name: str) -> str:
 @contextlib.contextmanager
 def trial_hooks(final_step: int) -> Iterator[Any]:
     """Fast mode's :func:`tune_app.fastpath.trial`: the controller in this process, reports straight to Tune."""
-    from tune_app.fastpath import TrialHooks
-
     stop = TrialStop()
     yield TrialHooks(TorchTrainer, [TrialReportCallback(stop, final_step)],
                      {"trial_stop": stop, "janitor": janitor_name(tune.get_context().get_experiment_name())})

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tune_app.checks import check_writable_file
-from tune_app.config import load_config
+from tune_app.config import build_config, load_config, parse_override
 from tune_app.data import ChunkDataset, prepare
 from tune_app.errors import UserError
 from tune_app.policy.checkpoint import load_policy, pretrained_dir
@@ -61,8 +61,6 @@ class EvalResult:
 
 def _with_data_overrides(cfg, overrides: list[str]):
     """``cfg`` with ``data.*`` overrides applied (paths relative to the current directory)."""
-    from tune_app.config import build_config, parse_override
-
     return build_config(cfg.to_dict(), source="checkpoint train_config.json", overrides=dict(parse_override(o) for o in overrides))
 
 

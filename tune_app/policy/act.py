@@ -22,8 +22,8 @@ import math
 import torch
 from torch import nn
 
-from tune_app.config import ModelConfig
 from tune_app.policy.backbone import ResNet18Trunk, load_pretrained
+from tune_app.policy.config import ModelConfig
 
 
 def sine_1d(length: int, dim: int, device=None) -> torch.Tensor:

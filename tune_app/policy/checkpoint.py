@@ -28,9 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tune_app.config import Config, config_from_dict
-from tune_app.data.dataset import NormStats
 from tune_app.errors import UserError
 from tune_app.policy.act import ACTPolicy
+from tune_app.policy.normalize import NormStats
 from tune_app.yamlio import read_text
 
 PRETRAINED = "pretrained_model"

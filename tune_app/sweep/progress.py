@@ -2,7 +2,7 @@
 
 * :class:`ProgressPrinter`: one line per trial report, start and end, instead of Tune's periodic
   tables; trial start/end times go to ``trial_events.jsonl`` (start-up and efficiency benchmarks).
-* :class:`TrialStateWriter`: ``trials.json`` (each trial's id, status, parameters and folder),
+* :class:`TrialStateWriter`: ``trials.jsonl`` (each trial's id, status, parameters and folder),
   rewritten whenever a trial is added or changes status. ``status``, ``report`` and the end of a
   sweep read it, so they never depend on the layout of Tune's own experiment-state files.
 """
@@ -66,7 +66,7 @@ class ProgressPrinter(Callback):
 
 
 class TrialStateWriter(Callback):
-    """Keeps ``<run dir>/trials.json`` equal to Tune's list of trials and their statuses."""
+    """Keeps ``<run dir>/trials.jsonl`` equal to Tune's list of trials and their statuses."""
 
     def __init__(self, run_dir: str, keys: list[str]):
         self.run_dir, self.keys = run_dir, keys
@@ -77,7 +77,7 @@ class TrialStateWriter(Callback):
                  "dir": Path(t.local_path).name if t.local_path else None} for t in trials]
         if rows == self._written:
             return
-        RunDir(self.run_dir).write_text(TRIALS_FILE, json.dumps(rows, indent=1, default=str))
+        RunDir(self.run_dir).write_text(TRIALS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
         self._written = rows
 
     def on_step_end(self, iteration, trials, **info):

@@ -11,13 +11,13 @@ import json
 import math
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tune_app.errors import UserError
-from tune_app.policy.manifest import complete_checkpoints
+from tune_app.policy.manifest import complete_checkpoints, is_complete_fs
+from tune_app.sweep import storage
 from tune_app.sweep.rundir import SWEEP_FILE, TRIALS_FILE, RunDir
 from tune_app.sweep.space import trial_name
 from tune_app.yamlio import read_text
@@ -111,21 +111,19 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _read_trials(trials_file: Path, tries: int = 10) -> list[dict[str, Any]]:
-    """``trials.json`` (:class:`tune_app.sweep.progress.TrialStateWriter`). It is replaced whole, but a
-    copy being mirrored from a bucket can be caught part way: then it is read again shortly."""
-    for attempt in range(1, tries + 1):
+def _read_trials(trials_file: Path) -> list[dict[str, Any]]:
+    """``trials.jsonl`` (:class:`tune_app.sweep.progress.TrialStateWriter`): it is replaced whole, so a
+    line that does not parse is damage, not a write in progress."""
+    rows = []
+    for n, line in enumerate(trials_file.read_text().splitlines(), 1):
         try:
-            rows = json.loads(trials_file.read_text())
-            if isinstance(rows, list) and all(isinstance(r, dict) and "trial_id" in r for r in rows):
-                return rows
-            raise UserError(f"{trials_file}: not a tune_app trial list; the run directory is damaged")
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if attempt == tries:
-                raise UserError(f"{trials_file}: not a complete trial list; if no sweep is writing it, "
-                                "the run directory is damaged") from None
-            time.sleep(0.2)
-    return []
+            row = None
+        if not isinstance(row, dict) or "trial_id" not in row:
+            raise UserError(f"{trials_file}: line {n} is not a trial record; the run directory is damaged")
+        rows.append(row)
+    return rows
 
 
 def _latest_checkpoint(run_dir: Path, trial_id: str) -> str | None:
@@ -159,9 +157,6 @@ def load_run(run_dir: str | Path) -> Run:
 def _load_remote(rd: RunDir) -> Run:
     """A bucket run: its files but the checkpoints are copied to a temporary folder (removed at exit) and
     read from there; checkpoints are named by their URI, complete ones only."""
-    from tune_app.policy.manifest import is_complete_fs
-    from tune_app.sweep import storage
-
     if not rd.exists(SWEEP_FILE):
         raise UserError(f"{rd}: not a tune_app sweep directory (no {SWEEP_FILE}); give the directory `run` printed")
     tmp = Path(tempfile.mkdtemp(prefix="tune_app_run_"))

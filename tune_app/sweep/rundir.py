@@ -119,7 +119,10 @@ class RunDir:
 # ---------------------------------------------------------------- a sweep's files in its run directory
 
 SWEEP_FILE = "sweep.json"      # what resume and status need (and the mark of a tune_app sweep)
-TRIALS_FILE = "trials.json"    # each trial's id, status, parameters, folder (tune_app.sweep.progress)
+# Each trial's id, status, parameters and folder, a JSON object per line (tune_app.sweep.progress). Not
+# ".json": a resumed Tune copies every *.json/*.pkl of the run dir to its staging folder and uploads
+# them back at each state save, which would put an old copy over the live one.
+TRIALS_FILE = "trials.jsonl"
 
 
 def run_dir_for(sweep: Sweep) -> str:

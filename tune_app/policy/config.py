@@ -1,0 +1,30 @@
+"""The ACT model's own config: the ``model`` section of a training config.
+
+It lives with the policy so that the model, its checkpoints and its loaders need nothing of the
+training config; :mod:`tune_app.config` composes it into :class:`tune_app.config.Config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    state_dim: int = 6
+    action_dim: int = 6
+    chunk_size: int = 100
+    dim_model: int = 512
+    n_heads: int = 8
+    dim_feedforward: int = 3200
+    n_encoder_layers: int = 4
+    n_decoder_layers: int = 1
+    n_vae_encoder_layers: int = 4
+    latent_dim: int = 32
+    dropout: float = 0.1
+    use_vae: bool = True
+    vision_backbone: Literal["resnet18"] = "resnet18"
+    pretrained_backbone: bool = False
+    backbone_weights: str | None = None   # local ResNet-18 weights (.safetensors or torchvision .pth)
+    kl_reduction: Literal["mean", "sum"] = "mean"
