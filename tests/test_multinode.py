@@ -51,7 +51,7 @@ class LocalCluster:
 
     token = "multinode-test-token-0123456789abcdef"
 
-    def __init__(self, space: Path, out: Path, storage: Path, sweep_name: str, extra_args: str = ""):
+    def __init__(self, space: Path, out: Path, storage: Path, sweep_name: str, extra_args: str = "", fast: str = "1"):
         self.tmp = short_tmp()
         self.port, self.dash, self.worker_port = free_port(), free_port(), free_port()
         # Token authentication, as on OSMO: one token (an OSMO credential there) given to every node.
@@ -63,7 +63,7 @@ class LocalCluster:
                  "RAY_START_ARGS": f"{common} --node-manager-port={self.worker_port} --resources={{\"worker_node\":1}}"})
         self.head = subprocess.Popen(
             ["bash", str(REPO / "osmo" / "head.sh")], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env={**env, "SEARCH_SPACE": str(space), "NUM_WORKERS": "1", "STORAGE_PATH": str(storage),
+            text=True, env={**env, "TUNE_APP_FAST": fast, "SEARCH_SPACE": str(space), "NUM_WORKERS": "1", "STORAGE_PATH": str(storage),
                             "SWEEP_NAME": sweep_name, "OUTPUT_DIR": str(out), "RAY_PORT": str(self.port), "WAIT_TIMEOUT": "120",
                             "TUNE_APP_DIR": str(REPO), "TUNE_APP_ARGS": f"--max-concurrent 2 {extra_args}",
                             "RAY_START_ARGS": f"{common} --dashboard-port={self.dash} --include-dashboard=true"})
@@ -96,12 +96,14 @@ def write_space(folder: Path, steps: int, save_freq: int) -> Path:
     return space
 
 
-def test_sweep_spreads_over_two_nodes_started_by_the_workflow_scripts(tmp_path):
-    cluster = LocalCluster(write_space(tmp_path, 30, 15), tmp_path / "out", tmp_path / "shared", "multi")
+@pytest.mark.parametrize("fast", ["1", "0"], ids=["fast", "stock"])
+def test_sweep_spreads_over_two_nodes_started_by_the_workflow_scripts(tmp_path, fast):
+    cluster = LocalCluster(write_space(tmp_path, 30, 15), tmp_path / "out", tmp_path / "shared", "multi", fast=fast)
     try:
         log, _ = cluster.head.communicate(timeout=600)
         assert cluster.head.returncode == 0, log[-4000:]
         assert "waiting for 2 Ray node(s)" in log
+        assert ("stock Ray mode" in log) == (fast == "0")
         run = load_run(tmp_path / "shared" / "multi")
         assert [t.state for t in run.trials] == ["TERMINATED", "TERMINATED"]
         nodes = {r["node_id"] for t in run.trials for r in t.history}

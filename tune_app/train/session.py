@@ -31,10 +31,8 @@ class RayTrainSession:
         import ray.train
         import ray.train.torch
 
-        # torch sizes its thread pool from OMP_NUM_THREADS when first imported; a worker process that
-        # imported it before Ray set that variable (a module preloaded into Ray's worker pool, say)
-        # would run one thread per core and oversubscribe the CPUs its neighbours hold: 8x slower
-        # steps were measured so on 2 cores. Pin it to this worker's share.
+        # One torch thread per CPU this worker holds: a process that imported torch before Ray set
+        # OMP_NUM_THREADS would run one per core and oversubscribe its neighbours' CPUs.
         torch.set_num_threads(max(1, int(cpus_per_worker)))
 
         import ray
