@@ -66,7 +66,8 @@ class ProgressPrinter(Callback):
 
 
 class TrialStateWriter(Callback):
-    """Keeps ``<run dir>/trials.jsonl`` equal to Tune's list of trials and their statuses."""
+    """Keeps ``<run dir>/trials.jsonl`` equal to Tune's list of trials and their statuses, as of the
+    end of every controller step (where Tune settles a trial's transition)."""
 
     def __init__(self, run_dir: str, keys: list[str]):
         self.run_dir, self.keys = run_dir, keys
@@ -92,5 +93,5 @@ class TrialStateWriter(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._write(trials)
 
-    def on_experiment_end(self, trials, **info):
-        self._write(trials)
+    # Not on_experiment_end: after an interruption Tune marks the trials it stops there TERMINATED,
+    # though resume continues them (its saved state, like this file, has them as they were).
