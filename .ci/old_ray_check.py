@@ -1,6 +1,6 @@
 """Stock mode on the oldest Ray in pyproject's range (run by .ci/old-ray in a venv with that Ray).
 
-A 2-trial grid sweep is killed (SIGKILL) after its first trial finished, `status` shows it, `resume`
+A 2-trial grid sweep is killed (SIGKILL) once its first trial finished and its second checkpointed, `status` shows it, `resume`
 finishes it without rerunning the finished trial, and a `train` run ends with a checkpoint. Every
 command must say that it runs in stock Ray mode. Exits non-zero with the failing step's output.
 """
@@ -50,7 +50,13 @@ def main() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "tune_app", "run", str(space), "--storage", str(tmp), "--num-cpus", "2",
                                  *overrides], cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 600
-        while not any(e["event"] == "complete" for e in events(run_dir)):
+
+        def second_trial_checkpointed() -> bool:
+            done = {e["trial_id"] for e in events(run_dir) if e["event"] == "complete"}
+            second = [e["trial_id"] for e in events(run_dir) if e["event"] == "start" and e["trial_id"] not in done]
+            return bool(done and second and list((run_dir / "trials" / f"train-{second[0]}").glob("checkpoint_0000[1-9]0")))
+
+        while not second_trial_checkpointed():
             if proc.poll() is not None:
                 check(False, f"the sweep ended (rc {proc.returncode}) before it could be killed:\n{proc.stdout.read()[-4000:]}")
             if time.monotonic() > deadline:

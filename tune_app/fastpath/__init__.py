@@ -26,6 +26,9 @@ import ray
 
 # Ray release series the fast path was run on (CI runs every sweep test in both modes on these).
 TESTED_RAY = ("2.60",)
+# Series whose Train->Tune report queue (stock mode) is the one compat.wait_for_stock_reports reads:
+# 2.55 and 2.60 run in CI (.ci/old-ray, the test suite); 2.56-2.59 have the same session code.
+STOCK_QUEUE_RAY = ("2.55", "2.56", "2.57", "2.58", "2.59", "2.60")
 ENV = "TUNE_APP_FAST"
 
 
@@ -92,10 +95,11 @@ def trial(mode: Mode, final_step: int) -> Iterator[TrialHooks]:
 
 
 def _settle_stock_reports() -> None:
-    """Ray 2.60: a stock trial that returns while its last report still waits in Train->Tune's
-    queue hangs (Tune's main thread forwards it to a session that no longer reads). On the tested
-    series, wait until the queue is empty; elsewhere Ray's pattern runs as documented."""
-    if ray_series() in TESTED_RAY:
+    """A stock trial that returns while its last report still waits in Train->Tune's queue hangs
+    (Ray 2.60) or loses that report (Ray 2.55): Tune's main thread forwards it to a session that no
+    longer reads. On the series checked, wait until the queue is empty; elsewhere Ray's pattern
+    runs as documented."""
+    if ray_series() in STOCK_QUEUE_RAY:
         from tune_app.fastpath.compat import wait_for_stock_reports
 
         wait_for_stock_reports()
