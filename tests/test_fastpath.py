@@ -2,6 +2,7 @@
 
 import ast
 import logging
+import re
 import types
 from pathlib import Path
 
@@ -12,11 +13,13 @@ from tune_app.fastpath import compat
 from tune_app.fastpath.swap import SwapMismatch, swapped
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tune_app"
+PRIVATE_MODULE = re.compile(r"\bray(?:\.\w+)*\._\w+")      # "ray._private...", "ray.train.v2._internal..." (logger names too)
 
 
 def _private_ray_uses(path: Path) -> list[str]:
-    """Imports of ``ray`` modules or names with a leading underscore, and private attributes of Ray objects
-    reached through an imported Ray name (``TuneReportCallback._x``, ``ray._private``)."""
+    """Imports of ``ray`` modules or names with a leading underscore, private attributes of Ray objects
+    reached through an imported Ray name (``TuneReportCallback._x``, ``ray._private``), and strings that
+    name a private Ray module (a logger looked up by name)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found, ray_names = [], set()
     for node in ast.walk(tree):
@@ -34,6 +37,8 @@ def _private_ray_uses(path: Path) -> list[str]:
                 if alias.name.startswith("_"):
                     found.append(f"{path.name}:{node.lineno} from {node.module} import {alias.name}")
     for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and PRIVATE_MODULE.search(node.value):
+            found.append(f"{path.name}:{node.lineno} names {PRIVATE_MODULE.search(node.value).group(0)}")
         if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
             root = node.value
             while isinstance(root, ast.Attribute):

@@ -7,7 +7,6 @@ already in the environment wins.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
@@ -70,8 +69,9 @@ def _local_auth() -> None:
     _PROCESS_TOKEN = _PROCESS_TOKEN or secrets.token_hex(32)
     _set_owned_env("RAY_AUTH_TOKEN", _PROCESS_TOKEN)
     _OWNED_ENV.setdefault("RAY_AUTH_MODE", None)          # ray.init sets it to "token"; restored at shutdown
-    # ray.init announces the mode it chose with a warning on this logger; tune_app chose it on purpose.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    from tune_app import fastpath  # deferred: imports Ray, needed only when starting one
+
+    fastpath.quiet_auth_notice()
 
 
 def token_file() -> Path | None:

@@ -17,6 +17,7 @@ once :func:`choose` found the running Ray to be one they were checked on (``comp
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -153,7 +154,13 @@ def mlflow_callback_cls(mode: Mode) -> type:
     return cls
 
 
-# ---------------------------------------------------------------- worker logs
+# ---------------------------------------------------------------- logs
+
+
+def quiet_auth_notice() -> None:
+    """``ray.init`` announces the token mode it turned on with a warning (tune_app chose it on
+    purpose); that logger is named after a private Ray module, so it is named here."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def quiet_worker_logs(user_error_type: type[Exception]) -> None:
