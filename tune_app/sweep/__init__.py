@@ -1,0 +1,1 @@
+"""The sweep: search space, run directory (local or bucket), the Tuner, progress and results."""
