@@ -14,8 +14,8 @@ import torch
 from tune_app.data import ChunkDataset, prepare
 from tune_app.inspection.evaluate import evaluate
 from tune_app.inspection.report import extract_data, write_report
-from tune_app.policy.act import act_loss
 from tune_app.policy import load_policy  # the documented entry point
+from tune_app.policy.act import act_loss
 from tune_app.sweep.run import run_sweep
 from tune_app.sweep.space import load_sweep
 
