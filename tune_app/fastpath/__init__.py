@@ -58,7 +58,7 @@ def choose(fast_start: bool = True, version: str | None = None) -> Mode:
     version = version or ray.__version__
     if ray_series(version) not in TESTED_RAY:
         return Mode(False, f"Ray {version} is not a release the fast path was tested on ({', '.join(f'{s}.x' for s in TESTED_RAY)})")
-    from tune_app.fastpath.compat import check
+    from tune_app.fastpath.compat import check  # deferred: imports the private modules it checks
 
     problem = check()
     if problem:
@@ -83,13 +83,13 @@ class TrialHooks:
 def trial(mode: Mode, final_step: int) -> Iterator[TrialHooks]:
     """Inside a Tune function trainable, around one ``TorchTrainer(...).fit()``."""
     if mode.fast:
-        from tune_app.fastpath.trainer import trial_hooks
+        from tune_app.fastpath.trainer import trial_hooks  # deferred: private Ray names, fast mode only
 
         with trial_hooks(final_step) as hooks:
             yield hooks
         return
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.train.torch import TorchTrainer  # deferred: stock mode only
+    from ray.tune.integration.ray_train import TuneReportCallback  # deferred: stock mode only
 
     yield TrialHooks(TorchTrainer, [TuneReportCallback()])
     _settle_stock_reports()
@@ -101,7 +101,7 @@ def _settle_stock_reports() -> None:
     longer reads. On the series checked, wait until the queue is empty; elsewhere Ray's pattern
     runs as documented."""
     if ray_series() in STOCK_QUEUE_RAY:
-        from tune_app.fastpath.compat import wait_for_stock_reports
+        from tune_app.fastpath.compat import wait_for_stock_reports  # deferred: private Ray names, fast mode only
 
         wait_for_stock_reports()
 
@@ -109,9 +109,9 @@ def _settle_stock_reports() -> None:
 def trainer_cls(mode: Mode) -> type:
     """The ``TorchTrainer`` of a run outside Tune (``tune_app train``)."""
     if mode.fast:
-        from tune_app.fastpath.trainer import TorchTrainer
+        from tune_app.fastpath.trainer import TorchTrainer  # deferred: private Ray names, fast mode only
     else:
-        from ray.train.torch import TorchTrainer
+        from ray.train.torch import TorchTrainer  # deferred: stock mode only
     return TorchTrainer
 
 
@@ -124,7 +124,7 @@ def sweep(mode: Mode, sweep_name: str) -> Iterator[None]:
     if not mode.fast:
         yield
         return
-    from tune_app.fastpath.trainer import sweep_context
+    from tune_app.fastpath.trainer import sweep_context  # deferred: private Ray names, fast mode only
 
     with sweep_context(sweep_name):
         yield
@@ -140,17 +140,17 @@ def reuse_actors(mode: Mode) -> bool:
 
 def wandb_callback_cls(mode: Mode) -> type:
     if mode.fast:
-        from tune_app.fastpath.callbacks import PromptWandbLoggerCallback as cls
+        from tune_app.fastpath.callbacks import PromptWandbLoggerCallback as cls  # deferred: private Ray names, fast mode only
     else:
-        from ray.air.integrations.wandb import WandbLoggerCallback as cls
+        from ray.air.integrations.wandb import WandbLoggerCallback as cls  # deferred: stock mode only
     return cls
 
 
 def mlflow_callback_cls(mode: Mode) -> type:
     if mode.fast:
-        from tune_app.fastpath.callbacks import StepMLflowLoggerCallback as cls
+        from tune_app.fastpath.callbacks import StepMLflowLoggerCallback as cls  # deferred: private Ray names, fast mode only
     else:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback as cls
+        from ray.air.integrations.mlflow import MLflowLoggerCallback as cls  # deferred: stock mode only
     return cls
 
 
@@ -168,6 +168,6 @@ def quiet_worker_logs(user_error_type: type[Exception]) -> None:
     (the driver prints that as one line) are dropped, on the tested series (the loggers are
     named after Ray's private files); elsewhere Ray logs as it does."""
     if ray_series() in TESTED_RAY:
-        from tune_app.fastpath.compat import quiet_train_logs
+        from tune_app.fastpath.compat import quiet_train_logs  # deferred: private Ray names, fast mode only
 
         quiet_train_logs(user_error_type)
