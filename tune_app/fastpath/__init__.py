@@ -88,8 +88,8 @@ def trial(mode: Mode, final_step: int) -> Iterator[TrialHooks]:
         with trial_hooks(final_step) as hooks:
             yield hooks
         return
-    from ray.train.torch import TorchTrainer  # deferred: stock mode only
-    from ray.tune.integration.ray_train import TuneReportCallback  # deferred: stock mode only
+    from ray.train.torch import TorchTrainer  # deferred: seconds to import, stock mode only
+    from ray.tune.integration.ray_train import TuneReportCallback  # deferred: seconds to import, stock mode only
 
     yield TrialHooks(TorchTrainer, [TuneReportCallback()])
     _settle_stock_reports()
@@ -101,7 +101,7 @@ def _settle_stock_reports() -> None:
     longer reads. On the series checked, wait until the queue is empty; elsewhere Ray's pattern
     runs as documented."""
     if ray_series() in STOCK_QUEUE_RAY:
-        from tune_app.fastpath.compat import wait_for_stock_reports  # deferred: private Ray names, fast mode only
+        from tune_app.fastpath.compat import wait_for_stock_reports  # deferred: private Ray names, checked series only
 
         wait_for_stock_reports()
 
@@ -111,7 +111,7 @@ def trainer_cls(mode: Mode) -> type:
     if mode.fast:
         from tune_app.fastpath.trainer import TorchTrainer  # deferred: private Ray names, fast mode only
     else:
-        from ray.train.torch import TorchTrainer  # deferred: stock mode only
+        from ray.train.torch import TorchTrainer  # deferred: seconds to import, stock mode only
     return TorchTrainer
 
 
@@ -142,7 +142,7 @@ def wandb_callback_cls(mode: Mode) -> type:
     if mode.fast:
         from tune_app.fastpath.callbacks import PromptWandbLoggerCallback as cls  # deferred: private Ray names, fast mode only
     else:
-        from ray.air.integrations.wandb import WandbLoggerCallback as cls  # deferred: stock mode only
+        from ray.air.integrations.wandb import WandbLoggerCallback as cls  # deferred: seconds to import, stock mode only
     return cls
 
 
@@ -150,7 +150,7 @@ def mlflow_callback_cls(mode: Mode) -> type:
     if mode.fast:
         from tune_app.fastpath.callbacks import StepMLflowLoggerCallback as cls  # deferred: private Ray names, fast mode only
     else:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback as cls  # deferred: stock mode only
+        from ray.air.integrations.mlflow import MLflowLoggerCallback as cls  # deferred: seconds to import, stock mode only
     return cls
 
 
@@ -168,6 +168,6 @@ def quiet_worker_logs(user_error_type: type[Exception]) -> None:
     (the driver prints that as one line) are dropped, on the tested series (the loggers are
     named after Ray's private files); elsewhere Ray logs as it does."""
     if ray_series() in TESTED_RAY:
-        from tune_app.fastpath.compat import quiet_train_logs  # deferred: private Ray names, fast mode only
+        from tune_app.fastpath.compat import quiet_train_logs  # deferred: private Ray names, tested series only
 
         quiet_train_logs(user_error_type)
