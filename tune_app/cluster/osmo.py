@@ -338,12 +338,18 @@ def _check_credentials(creds: Any, cpath_root: str, problems: Problems) -> None:
             problems.add(cpath, "must be {ENV_VAR: payload_key} or a mount path")
 
 
+def _mappings(items: list, path: str, shape: str, problems: Problems):
+    """``(item, its path)`` for each mapping of a list; anything else is one problem saying ``shape``."""
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        if isinstance(item, dict):
+            yield item, where
+        else:
+            problems.add(where, f"must be {shape}")
+
+
 def _check_io(inputs: list, outputs: list, path: str, problems: Problems) -> None:
-    for i, item in enumerate(inputs):
-        ipath = f"{path}.inputs[{i}]"
-        if not isinstance(item, dict):
-            problems.add(ipath, "must be {task: NAME} or {url: URL}")
-            continue
+    for item, ipath in _mappings(inputs, f"{path}.inputs", "{task: NAME} or {url: URL}", problems):
         if "dataset" in item:
             # OSMO <= 6.3 (removed on main, where {url: ...} inputs and `osmo data` replace them).
             body = item["dataset"]
@@ -357,11 +363,7 @@ def _check_io(inputs: list, outputs: list, path: str, problems: Problems) -> Non
         if "url" in item:
             _check_url(item["url"], f"{ipath}.url", problems)
         _check_regex(item, ipath, problems)
-    for i, item in enumerate(outputs):
-        opath = f"{path}.outputs[{i}]"
-        if not isinstance(item, dict):
-            problems.add(opath, "must be {url: URL}")
-            continue
+    for item, opath in _mappings(outputs, f"{path}.outputs", "{url: URL}", problems):
         _unknown(item, OUTPUT_KEYS, opath, problems)
         if "url" not in item:
             problems.add(opath, "needs 'url'")
@@ -372,11 +374,7 @@ def _check_io(inputs: list, outputs: list, path: str, problems: Problems) -> Non
 
 def _check_files(files: list, path: str, base_dir: Path | None, problems: Problems) -> None:
     seen_paths = set()
-    for i, f in enumerate(files):
-        fpath = f"{path}.files[{i}]"
-        if not isinstance(f, dict):
-            problems.add(fpath, "must be {path, contents} or {path, localpath}")
-            continue
+    for f, fpath in _mappings(files, f"{path}.files", "{path, contents} or {path, localpath}", problems):
         _unknown(f, FILE_KEYS, fpath, problems)
         p = str(f.get("path") or "")
         if not p:
