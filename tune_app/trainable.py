@@ -62,7 +62,7 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
     """
     use_gpu, resources = worker_resources(cfg, cluster_gpus)
     # Train logs every report at INFO; the loop's own progress line says what matters (Ray >= 2.56).
-    logging = {"logging_config": ray.train.LoggingConfig(log_level="WARNING")} if hasattr(ray.train, "LoggingConfig") else {}
+    logging_config = {"logging_config": ray.train.LoggingConfig(log_level="WARNING")} if hasattr(ray.train, "LoggingConfig") else {}
     return trainer_cls(
         train_loop_per_worker,
         train_loop_config={"config": cfg, "progress": progress},
@@ -73,7 +73,7 @@ def make_torch_trainer(cfg: Config, storage_path: str | Path, name: str, cluster
             name=name, storage_path=str(storage_path), callbacks=callbacks or [],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            **logging,
+            **logging_config,
         ),
         **trainer_kwargs,
     )

@@ -58,8 +58,8 @@ def check() -> str | None:
             if missing:
                 return f"{owner} has no {', '.join(missing)}"
         for module, name, expected in SWAPPED:
-            if swap_target_problem(module, name, expected):
-                return swap_target_problem(module, name, expected)
+            if problem := swap_target_problem(module, name, expected):
+                return problem
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         if not isinstance(getattr(WandbLoggerCallback, "_logger_actor_cls", None), type):
@@ -90,6 +90,18 @@ def wait_for_stock_reports(poll_s: float = 0.05) -> None:
         time.sleep(poll_s)
 
 
+class _DropUserErrorTracebacks(logging.Filter):
+    """Drops Ray Train's "Error in training function" traceback of a user mistake (``marker``: its type)."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith("Error in training function") and self.marker in text)
+
+
 def quiet_train_logs(user_error_type: type[Exception]) -> None:
     """Ray Train logs every report at INFO through a logger named after its context file (its
     ``LoggingConfig`` level does not reach it), and a worker's exception through the logger of its
@@ -99,14 +111,6 @@ def quiet_train_logs(user_error_type: type[Exception]) -> None:
     except ImportError:
         return
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    marker = f"{user_error_type.__module__}.{user_error_type.__name__}: "
-
-    class _DropUserErrorTracebacks(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            text = record.getMessage()
-            return not (text.startswith("Error in training function") and marker in text)
-
     util_logger = logging.getLogger("ray.train.v2._internal.util")
-    if not any(isinstance(f, _DropUserErrorTracebacks) or type(f).__name__ == "_DropUserErrorTracebacks"
-               for f in util_logger.filters):
-        util_logger.addFilter(_DropUserErrorTracebacks())
+    if not any(isinstance(f, _DropUserErrorTracebacks) for f in util_logger.filters):
+        util_logger.addFilter(_DropUserErrorTracebacks(f"{user_error_type.__module__}.{user_error_type.__name__}: "))

@@ -71,15 +71,17 @@ class TrialStateWriter(Callback):
 
     def __init__(self, run_dir: str, keys: list[str]):
         self.run_dir, self.keys = run_dir, keys
-        self._written: list | None = None
+        self._written: tuple | None = None
 
     def _write(self, trials) -> None:
+        # Called at every controller step: compare ids and statuses first, build the file only on a change.
+        seen = tuple((t.trial_id, t.status) for t in trials)
+        if seen == self._written:
+            return
         rows = [{"trial_id": t.trial_id, "status": t.status, "params": {k: t.config.get(k) for k in self.keys},
                  "dir": Path(t.local_path).name if t.local_path else None} for t in trials]
-        if rows == self._written:
-            return
         RunDir(self.run_dir).write_text(TRIALS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
-        self._written = rows
+        self._written = seen
 
     def on_step_end(self, iteration, trials, **info):
         self._write(trials)

@@ -62,6 +62,8 @@ def _tuner(sweep_meta: dict, base: Config, run_dir: str, conn: Connection, mode:
     keys = sweep_meta["parameters"]
     storage, name = run_dir.rsplit("/", 1)
     trainable = tune_trainable(base, f"{run_dir}/trials", conn.num_gpus, mode)
+    if sweep is None:        # Tune restores its run config (callbacks included) from tuner.pkl
+        return tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
     events = None if RunDir(run_dir).remote else f"{run_dir}/trial_events.jsonl"
     run_config = tune.RunConfig(
         name=name, storage_path=storage, verbose=0,
@@ -70,8 +72,6 @@ def _tuner(sweep_meta: dict, base: Config, run_dir: str, conn: Connection, mode:
         callbacks=[ProgressPrinter(keys, sweep_meta["total_steps"], sweep_meta["metric"], events),
                    TrialStateWriter(run_dir, keys), *tracking.sweep_callbacks(base, name, run_dir, mode)],
     )
-    if sweep is None:
-        return tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
     tune_config = tune.TuneConfig(
         metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
         max_concurrent_trials=max_concurrent, scheduler=sweep.scheduler(), search_alg=sweep.search_alg(),
