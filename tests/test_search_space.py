@@ -3,7 +3,7 @@
 import pytest
 
 from tune_app.errors import UserError
-from tune_app.sweep.space import load_sweep, trial_name
+from tune_app.sweep.space import SWEEP_PARAMS_KEY, load_sweep, swept_values, trial_name
 
 from .conftest import REPO, run_cli
 
@@ -36,6 +36,18 @@ def test_shipped_spaces_build_their_searchers():
     assert type(asha.scheduler()).__name__ in ("ASHAScheduler", "AsyncHyperBandScheduler") and asha.num_samples == 8
     tpe = load_sweep(REPO / "search_spaces" / "tpe.yaml")
     assert type(tpe.search_alg()).__name__ == "OptunaSearch" and tpe.max_concurrent_trials == 2
+
+
+def test_a_trial_config_is_the_whole_training_config_with_the_swept_keys_named(tmp_path):
+    sweep = load_sweep(_write(tmp_path, GOOD + "overrides: {training.steps: 42}\n"))
+    space = sweep.param_space()
+    assert space[SWEEP_PARAMS_KEY] == ["training.lr", "training.kl_weight"]
+    assert space["training.steps"] == 42 and space["data.fps"] == sweep.base.data.fps
+    assert set(space) == set(sweep.base.flat()) | {SWEEP_PARAMS_KEY}
+    assert type(space["training.lr"]).__name__ == "dict" and "grid_search" in space["training.lr"]
+    trial = {**space, "training.lr": 5e-5, "training.kl_weight": 1.0}
+    assert swept_values(trial) == {"training.lr": 5e-5, "training.kl_weight": 1.0}
+    assert swept_values({"training.lr": 5e-5}) == {"training.lr": 5e-5}    # a trial of an older sweep
 
 
 def test_overrides_and_ray_section_reach_the_base_config(tmp_path):

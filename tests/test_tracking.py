@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tune_app.config import load_config
+from tune_app.config import HINTS, build_config, load_config
 from tune_app.errors import mask_secrets
+from tune_app.tracking import SWEEP_PARAMS_TAG
 
 from .conftest import REPO, TINY, grid_space, run_cli
 from .ports import owned_by
@@ -118,6 +119,14 @@ def tracked_sweep(mlflow_server, tmp_path_factory, request):
     return storage / "tracked", proc, request.param
 
 
+def _trained_config(run_dir: Path, trial: str) -> dict:
+    """The flat config a trial trained with (its checkpoint's train_config.json); ``trial``: its id or name."""
+    trial_id = next(t["trial_id"] for t in map(json.loads, (run_dir / "trials.jsonl").read_text().splitlines())
+                    if trial in (t["trial_id"], t["dir"][len(t["trial_id"]) + 1:]))
+    saved = next((run_dir / "trials" / f"train-{trial_id}").glob("checkpoint_*/pretrained_model/train_config.json"))
+    return build_config(json.loads(saved.read_text()), source=str(saved)).flat()
+
+
 @pytest.mark.slow
 def test_status_of_a_tracked_sweep(tracked_sweep):
     run_dir, _, _ = tracked_sweep
@@ -141,6 +150,10 @@ def test_mlflow_has_one_parent_and_nested_trial_runs(tracked_sweep, mlflow_serve
     parent = parents[0]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(float(c.data.params["training.lr"]) for c in children) == [1e-4, 3e-4]
+    for child in children:          # the whole training config, the swept keys named in a tag
+        trained = _trained_config(tracked_sweep[0], child.data.tags["trial_name"])
+        assert {k: str(v) for k, v in trained.items() if v != {}} == {k: v for k, v in child.data.params.items() if k in trained}
+        assert child.data.tags[SWEEP_PARAMS_TAG] == "training.lr"
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val_loss")
         # fast: stepped by optimizer step; stock: Ray's callback steps by report count
@@ -161,6 +174,10 @@ def test_wandb_offline_run_per_trial_with_metric_history(tracked_sweep):
     for log in logs:
         run = summarize(log)
         assert run["group"] == "tracked" and run["config"]["training.lr"] in (1e-4, 3e-4)
+        # the run's page alone reruns the trial: its config rebuilds exactly the config the trial trained
+        assert run["config"]["sweep_params"] == ["training.lr"]
+        rebuilt = build_config({}, source="W&B run config", overrides={k: v for k, v in run["config"].items() if k in HINTS})
+        assert rebuilt.flat() == _trained_config(run_dir, run["run_id"])
         steps = [row["step"] for row in run["history"] if "val_loss" in row]
         assert steps == [0, 5, 10]
         assert all("loss" in row for row in run["history"] if row.get("step", 0) > 0)

@@ -26,6 +26,7 @@ from tune_app.sweep.rundir import RunDir
 
 log = logging.getLogger("tune_app.tracking")
 PARENT_FILE = "mlflow_parent_run_id"
+SWEEP_PARAMS_TAG = "tune_app.sweep_params"
 
 # Numbers that are bookkeeping, not training curves.
 NOT_METRICS = {"first_step_at", "time", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
@@ -127,9 +128,13 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
 
 
-def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str, mode: fastpath.Mode) -> list:
+def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str, mode: fastpath.Mode, swept: list[str]) -> list:
     """The Tune logger callbacks the config asks for (none when both trackers are off): Ray's own
-    in stock mode, the fast path's extensions of them otherwise (same arguments)."""
+    in stock mode, the fast path's extensions of them otherwise (same arguments).
+
+    Each trial's config is its whole training config (see ``Sweep.param_space``): W&B logs it as the
+    run config, with ``sweep_params`` listing the ``swept`` keys; MLflow as params, with the swept
+    keys also in the tag ``tune_app.sweep_params``."""
     callbacks: list = []
     if cfg.wandb.enabled and wandb_mode(cfg) != "disabled":
         kwargs = {"entity": cfg.wandb.entity} if cfg.wandb.entity else {}
@@ -147,8 +152,9 @@ def sweep_callbacks(cfg: Config, sweep_name: str, run_dir: str, mode: fastpath.M
         experiment = cfg.mlflow.experiment_name or sweep_name
         tags = {**cfg.mlflow.tags, "tune_app.sweep": sweep_name}
         parent = start_mlflow_parent(cfg, uri, experiment, tags, sweep_name, run_dir)
+        trial_tags = {**tags, "mlflow.parentRunId": parent, SWEEP_PARAMS_TAG: ",".join(swept)}
         callbacks.append(fastpath.mlflow_callback_cls(mode)(
-            tracking_uri=uri, experiment_name=experiment, tags={**tags, "mlflow.parentRunId": parent}, save_artifact=False))
+            tracking_uri=uri, experiment_name=experiment, tags=trial_tags, save_artifact=False))
     return callbacks
 
 

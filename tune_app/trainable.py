@@ -21,6 +21,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from tune_app import fastpath
 from tune_app.config import Config
+from tune_app.sweep.space import swept_values
 from tune_app.train.loop import train_loop_per_worker
 
 
@@ -87,12 +88,13 @@ def fit_run(cfg: Config, storage_path: str | Path, name: str, cluster_gpus: floa
 
 
 def run_trial(params: dict[str, Any], base: Config, trials_dir: str, cluster_gpus: float, mode: fastpath.Mode) -> None:
-    """The Tune function trainable: one trial = one TorchTrainer run of ``base`` with the trial's ``params``.
+    """The Tune function trainable: one trial = one TorchTrainer run of ``base`` with the trial's swept values
+    (``params`` is the trial's whole config, see :meth:`tune_app.sweep.space.Sweep.param_space`).
 
     The Train run is named after the trial (``train-<trial_id>``) under ``trials_dir``, so a trial
     restarted by ``resume`` (or after a failure) continues from its latest checkpoint.
     """
-    cfg = base.with_params(params, source="trial parameter")
+    cfg = base.with_params(swept_values(params), source="trial parameter")
     with fastpath.trial(mode, final_step=cfg.training.steps) as hooks:
         make_torch_trainer(cfg, trials_dir, f"train-{tune.get_context().get_trial_id()}", cluster_gpus,
                            trainer_cls=hooks.trainer_cls, callbacks=hooks.callbacks, keep_checkpoints=2,

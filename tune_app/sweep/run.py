@@ -70,7 +70,7 @@ def _tuner(sweep_meta: dict, base: Config, run_dir: str, conn: Connection, mode:
         # A trial whose node died is restarted (from its last checkpoint) up to this many times.
         failure_config=tune.FailureConfig(max_failures=max_failures),
         callbacks=[ProgressPrinter(keys, sweep_meta["total_steps"], sweep_meta["metric"], events),
-                   TrialStateWriter(run_dir, keys), *tracking.sweep_callbacks(base, name, run_dir, mode)],
+                   TrialStateWriter(run_dir, keys), *tracking.sweep_callbacks(base, name, run_dir, mode, keys)],
     )
     tune_config = tune.TuneConfig(
         metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,

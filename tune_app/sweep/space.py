@@ -40,6 +40,8 @@ DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform
                  "log_uniform_values", "q_log_uniform_values", "normal", "q_normal")
 TRIAL_RAY_KEYS = ("num_workers", "cpus_per_worker", "gpus_per_worker")
 SWEEP_RAY_KEYS = ("name", "storage_path", "max_concurrent_trials")
+# The trial-config entry that lists the swept keys (W&B shows it in the run config; MLflow as a param and a tag).
+SWEEP_PARAMS_KEY = "sweep_params"
 HYPERBAND_KEYS = ["type", "min_iter", "max_iter", "eta", "s", "strict"]
 
 
@@ -62,8 +64,15 @@ class Sweep:
     base_path: Path | None = None          # the base_config file, when the sweep names one
 
     def param_space(self) -> dict[str, Any]:
-        """Tune's param_space: one entry per swept key (dotted names are kept as they are)."""
-        return {key: _domain(key, spec, self.method) for key, spec in self.parameters.items()}
+        """Tune's param_space: one entry per swept key (dotted names are kept as they are), every other
+        key of the base config as a constant, and ``sweep_params`` (the swept keys).
+
+        A trial's config is then its whole resolved training config (base + overrides + swept values,
+        secrets masked), which Tune's W&B and MLflow callbacks log as the run's config and params and
+        writes into the trial folder: a trial's tracker page alone is enough to rerun it, in both modes."""
+        fixed = {key: value for key, value in self.base.flat().items() if key not in self.parameters}
+        swept = {key: _domain(key, spec, self.method) for key, spec in self.parameters.items()}
+        return {**fixed, **swept, SWEEP_PARAMS_KEY: list(self.parameters)}
 
     def grid_size(self) -> int:
         if self.method != "grid":
@@ -103,6 +112,15 @@ class Sweep:
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=self.base.training.seed)
+
+
+def swept_values(trial_config: dict[str, Any]) -> dict[str, Any]:
+    """The swept keys' values of a trial's config (all of it for a trial of a sweep started before
+    trial configs held the whole training config)."""
+    keys = trial_config.get(SWEEP_PARAMS_KEY)
+    if keys is None:
+        return dict(trial_config)
+    return {key: trial_config[key] for key in keys}
 
 
 def _fail(source: Path, msg: str) -> UserError:
