@@ -115,13 +115,23 @@ def test_eval_matches_a_direct_computation(sweep_dir):
         count += n
     np.testing.assert_allclose(result.mae, err_sum / count, rtol=1e-4)
     assert 0 < result.latency_ms_median <= result.latency_ms_p95
+    # executed actions without ensembling: one query every chunk_size steps of each episode, run open loop
+    chunk, row_of = policy.cfg.model.chunk_size, {int(f): k for k, f in enumerate(frames)}
+    errors = []
+    for e in prepared.val_ids:
+        start, end = int(eps.episode_starts[e]), int(eps.episode_ends[e])
+        for f in range(start, end):
+            query = start + (f - start) // chunk * chunk
+            errors.append(np.abs(raw[row_of[query], f - query] - eps.actions[f]))
+    np.testing.assert_allclose(result.mae_open_loop, np.mean(errors, 0), rtol=1e-4)
+    assert result.ensemble_coeff == 0.01 and not np.allclose(result.mae_ensembled, result.mae_open_loop)
 
 
 def test_eval_cli_writes_per_frame_values(sweep_dir, tmp_path):
     from .conftest import run_cli
 
     run_dir, _ = sweep_dir
-    proc = run_cli("eval", str(run_dir / "best"), "-o", str(tmp_path / "e.parquet"))
+    proc = run_cli("eval", str(run_dir / "best"), "-o", str(tmp_path / "e.parquet"), "--temporal-ensemble-coeff", "0.1")
     assert proc.returncode == 0, proc.stderr
     import pyarrow.parquet as pq
 
@@ -129,6 +139,7 @@ def test_eval_cli_writes_per_frame_values(sweep_dir, tmp_path):
     assert {"episode", "frame", "l1", "mae_shoulder_pan_joint"} <= set(table.column_names)
     summary = json.loads((tmp_path / "e.json").read_text())
     assert table.num_rows == summary["frames"] and "latency per step" in proc.stdout
+    assert "executed: open loop" in proc.stdout and "ensembled (0.1)" in proc.stdout and summary["ensemble_coeff"] == 0.1
 
 
 def test_exported_best_checkpoint_is_self_contained(sweep_dir, tmp_path):

@@ -11,6 +11,7 @@ from tune_app.errors import UserError
 from tune_app.policy.act import ACTPolicy, act_loss, count_parameters
 from tune_app.policy.backbone import ResNet18Trunk
 from tune_app.policy.checkpoint import load_policy, save_pretrained
+from tune_app.policy.ensemble import TemporalEnsembler, executed_actions
 
 from .conftest import REPO, TINY
 
@@ -95,3 +96,68 @@ def test_exported_checkpoint_round_trip(tmp_path):
                  "policy_preprocessor_step_3_normalizer_processor.safetensors",
                  "policy_postprocessor_step_0_unnormalizer_processor.safetensors", "train_config.json"):
         assert (out / name).is_file(), name
+
+
+# ---------------------------------------------------------------- temporal ensembling
+
+
+def test_temporal_ensembling_weights_the_oldest_chunk_first_as_in_the_act_paper():
+    """Chunk size 3, coeff 0.5: chunk k predicted at step k holds 10*k + j for step k + j.
+    Weights exp(-0.5 * i), i = 0 for the oldest chunk: 1, 0.60653066, 0.36787944."""
+    ens = TemporalEnsembler(0.5, 3)
+    chunks = [np.array([[10.0 * k + j] for j in range(3)]) for k in range(4)]
+    got = [ens.step(c)[0] for c in chunks]
+    w0, w1, w2 = 1.0, 0.60653066, 0.36787944
+    assert got[0] == pytest.approx(0.0)                                              # c0[0]
+    assert got[1] == pytest.approx((w0 * 1 + w1 * 10) / (w0 + w1))                   # c0[1], c1[0]
+    assert got[2] == pytest.approx((w0 * 2 + w1 * 11 + w2 * 20) / (w0 + w1 + w2))   # c0[2], c1[1], c2[0]
+    assert got[3] == pytest.approx((w0 * 12 + w1 * 21 + w2 * 30) / (w0 + w1 + w2))  # c0 has no step 3
+    ens.reset()
+    assert ens.step(chunks[3])[0] == pytest.approx(30.0)
+    plain = TemporalEnsembler(0.0, 3)                                                  # coeff 0: a plain mean
+    assert [plain.step(c)[0] for c in chunks][2] == pytest.approx((2 + 11 + 20) / 3)
+
+
+def test_temporal_ensembling_equals_lerobots_running_form():
+    """The same sums as LeRobot's ACTTemporalEnsembler, which keeps a running weighted average."""
+    rng = np.random.default_rng(0)
+    chunk, coeff = 5, 0.01
+    w = np.exp(-coeff * np.arange(chunk))
+    cum = np.cumsum(w)
+    ens, running, count = TemporalEnsembler(coeff, chunk), None, None
+    for _ in range(12):
+        actions = rng.normal(size=(chunk, 2))
+        if running is None:
+            running, count = actions.copy(), np.ones(chunk, dtype=int)
+        else:
+            running = (running * cum[count - 1][:, None] + actions[:-1] * w[count][:, None]) / cum[count][:, None]
+            count = np.minimum(count + 1, chunk)
+            running, count = np.concatenate([running, actions[-1:]]), np.concatenate([count, [1]])
+        expected, running, count = running[0], running[1:], count[1:]
+        np.testing.assert_allclose(ens.step(actions), expected, rtol=1e-12)
+
+
+def test_executed_actions_without_ensembling_run_each_chunk_open_loop():
+    chunks = np.arange(7 * 3 * 1, dtype=float).reshape(7, 3, 1)     # the chunk predicted at each of 7 steps
+    done = executed_actions(chunks, None)[:, 0]
+    assert done.tolist() == [chunks[0, 0, 0], chunks[0, 1, 0], chunks[0, 2, 0], chunks[3, 0, 0], chunks[3, 1, 0],
+                             chunks[3, 2, 0], chunks[6, 0, 0]]
+
+
+def test_predict_step_queries_every_step_only_when_ensembling(tmp_path):
+    cfg = load_config(TINY, ["data.demo_episodes=4", "data.demo_episode_len=12", "model.chunk_size=4"])
+    prepared = prepare(cfg)
+    save_pretrained(tmp_path, ACTPolicy(cfg.model).eval(), cfg, prepared.stats)
+    eps = prepared.episodes
+    for coeff, queries in ((None, 3), (0.01, 10)):
+        policy = load_policy(tmp_path, temporal_ensemble_coeff=coeff)
+        calls = []
+        predict = policy.predict
+        policy.predict = lambda s, i: calls.append(1) or predict(s, i)  # noqa: B023 - count queries
+        policy.reset()
+        actions = [policy.predict_step(eps.states[t], eps.images[t, 0]) for t in range(10)]
+        assert len(calls) == queries and actions[0].shape == (cfg.model.action_dim,)
+        np.testing.assert_allclose(actions[0], predict(eps.states[:1], eps.images[:1])[0, 0], rtol=1e-5)
+    with pytest.raises(UserError):
+        load_policy(tmp_path, temporal_ensemble_coeff=-1.0)
+    assert load_policy(tmp_path).temporal_ensemble_coeff is None          # the checkpoint's own (off)

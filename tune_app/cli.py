@@ -260,7 +260,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tune_app.inspection.evaluate import run_eval  # deferred: imports torch (seconds)
 
-    run_eval(args.checkpoint, args.data, args.override, args.device, args.output)
+    run_eval(args.checkpoint, args.data, args.override, args.device, args.output, args.temporal_ensemble_coeff)
     return 0
 
 
@@ -414,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", default=[], metavar="data.KEY=VALUE", help="set a data key (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (latency is measured there)")
     p.add_argument("-o", "--output", help="per-frame values, .csv or .parquet (default: CHECKPOINT/../eval/eval.csv)")
+    p.add_argument("--temporal-ensemble-coeff", type=float, metavar="C",
+                   help="coefficient of the ensembled column (default: the checkpoint's model.temporal_ensemble_coeff, else 0.01)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a sweep (plots, table, best trial)")

@@ -324,6 +324,9 @@ def _check_consistency(cfg: Config, source: str) -> None:
         raise UserError(f"{source}: model.dim_model ({m.dim_model}) must be divisible by model.n_heads ({m.n_heads})")
     if m.dim_model % 4:
         raise UserError(f"{source}: model.dim_model ({m.dim_model}) must be a multiple of 4 (2-D sine position embedding)")
+    if m.temporal_ensemble_coeff is not None and not m.temporal_ensemble_coeff >= 0:
+        raise UserError(f"{source}: model.temporal_ensemble_coeff must be >= 0 (or null: off), got {m.temporal_ensemble_coeff}; "
+                        "LeRobot uses 0.01")
     if len(c.image_resize) != 2 or min(c.image_resize) < 32:
         raise UserError(f"{source}: conventions.image_resize must be [H, W] with both >= 32, got {c.image_resize}")
     if len(c.joint_sign) != m.state_dim and c.apply_joint_sign:

@@ -8,6 +8,10 @@ statistics, latent z = 0) and run over the validation episodes of the data it tr
   step of every chunk;
 * ``l1``: the mean absolute error in normalised units, the number training reports as
   ``val_loss`` (same frames, same masking: equal when training validated on all batches);
+* per-joint MAE of the actions a deployment *executes* at each step (observations as recorded), two
+  ways: ACT's open-loop chunks (one query every ``chunk_size`` steps) and temporal ensembling (a query
+  every step, overlapping chunks averaged with weights ``exp(-coeff * i)``; coeff from
+  ``--temporal-ensemble-coeff``, else the checkpoint's ``model.temporal_ensemble_coeff``, else 0.01);
 * inference latency per control step (one observation, batch 1) on the chosen device: median, p95.
 
 Per-frame values (episode, frame, l1, MAE per joint) go to a CSV or parquet file.
@@ -29,6 +33,7 @@ from tune_app.config import build_config, load_config, parse_override
 from tune_app.data import ChunkDataset, prepare
 from tune_app.errors import UserError
 from tune_app.policy.checkpoint import load_policy, pretrained_dir
+from tune_app.policy.ensemble import LEROBOT_DEFAULT_COEFF, executed_actions
 
 
 @dataclass
@@ -39,6 +44,9 @@ class EvalResult:
     frames: int
     joint_names: list[str]
     mae: list[float]
+    mae_open_loop: list[float]
+    mae_ensembled: list[float]
+    ensemble_coeff: float
     l1: float
     latency_ms_median: float
     latency_ms_p95: float
@@ -50,10 +58,18 @@ class EvalResult:
 
     def table(self) -> str:
         width = max(len(n) for n in self.joint_names)
+        heads = ("chunk MAE", "executed: open loop", f"ensembled ({self.ensemble_coeff:g})")
+        columns = (self.mae, self.mae_open_loop, self.mae_ensembled)
+
+        def row(name: str, values) -> str:
+            return "  ".join([name.ljust(width), *(f"{v:{len(h)}.5g}" for v, h in zip(values, heads, strict=True))])
+
         lines = [f"eval {self.checkpoint}", f"data: {self.data_source}, validation episodes {self.episodes} ({self.frames} frames)",
-                 f"{'joint'.ljust(width)}  MAE"]
-        lines += [f"{n.ljust(width)}  {m:.5g}" for n, m in zip(self.joint_names, self.mae, strict=True)]
-        lines += [f"{'mean'.ljust(width)}  {float(np.mean(self.mae)):.5g}",
+                 "  ".join(["joint".ljust(width), *heads])]
+        lines += [row(n, vals) for n, *vals in zip(self.joint_names, *columns, strict=True)]
+        lines += [row("mean", [float(np.mean(c)) for c in columns]),
+                  "chunk MAE: every step of every predicted chunk; executed: the action run at each step, "
+                  "one query per chunk (open loop) or temporal ensembling",
                   f"l1 (normalised, as training's val_loss): {self.l1:.5g}",
                   f"latency per step on {self.device}: median {self.latency_ms_median:.2f} ms, p95 {self.latency_ms_p95:.2f} ms"]
         return "\n".join(lines)
@@ -65,9 +81,13 @@ def _with_data_overrides(cfg, overrides: list[str]):
 
 
 def evaluate(checkpoint: str | Path, data_config: str | None = None, overrides: list[str] | None = None,
-             device: str = "cpu", batch_size: int = 32, latency_steps: int = 50) -> EvalResult:
+             device: str = "cpu", batch_size: int = 32, latency_steps: int = 50,
+             ensemble_coeff: float | None = None) -> EvalResult:
     policy = load_policy(checkpoint, device=device)
     cfg = policy.cfg
+    if ensemble_coeff is None:
+        ensemble_coeff = cfg.model.temporal_ensemble_coeff if cfg.model.temporal_ensemble_coeff is not None \
+            else LEROBOT_DEFAULT_COEFF
     for item in overrides or []:
         if not item.split("=", 1)[0].startswith("data."):
             raise UserError(f"--override {item.split('=', 1)[0]}: eval takes data.* overrides only")
@@ -89,12 +109,15 @@ def evaluate(checkpoint: str | Path, data_config: str | None = None, overrides: 
     names = list(cfg.data.joint_names) if len(cfg.data.joint_names) == cfg.model.action_dim else \
         [f"joint_{k}" for k in range(cfg.model.action_dim)]
     model = policy.model
+    act_mean = torch.from_numpy(np.asarray(policy.stats.action_mean, np.float32))
+    chunks = np.zeros((len(ds), cfg.model.chunk_size, cfg.model.action_dim), np.float32)   # raw, per frame
     with torch.no_grad():
         for lo in range(0, len(ds), batch_size):
             idx = list(range(lo, min(lo + batch_size, len(ds))))
             batch = torch.utils.data.default_collate([ds[i] for i in idx])
             pred, _ = model(batch["state"].to(policy.device), batch["image"].to(policy.device))
             pred = pred.float().cpu()
+            chunks[idx[0]:idx[-1] + 1] = (pred * act_std + act_mean).numpy()
             valid = (~batch["action_is_pad"]).unsqueeze(-1).float()           # (B, chunk, 1)
             norm_err = (pred - batch["action"]).abs() * valid
             raw_err = norm_err * act_std                                      # |a - b| in data units
@@ -111,11 +134,25 @@ def evaluate(checkpoint: str | Path, data_config: str | None = None, overrides: 
                              "chunk_steps": int(n_valid[j]), "l1": float(l1[j]),
                              **{f"mae_{n}": float(per_joint[j, k]) for k, n in enumerate(names)}})
     latencies = _latency(policy, prepared, latency_steps)
+    open_loop, ensembled = (_executed_mae(prepared, chunks, coeff) for coeff in (None, ensemble_coeff))
     return EvalResult(checkpoint=str(policy.path), data_source=prepared.episodes.source, episodes=prepared.val_ids,
                       frames=len(ds), joint_names=names, mae=(abs_sum / max(steps_total, 1)).tolist(),
+                      mae_open_loop=open_loop, mae_ensembled=ensembled, ensemble_coeff=float(ensemble_coeff),
                       l1=norm_sum / max(steps_total * cfg.model.action_dim, 1),
                       latency_ms_median=float(np.median(latencies)), latency_ms_p95=float(np.percentile(latencies, 95)),
                       device=str(policy.device), rows=rows)
+
+
+def _executed_mae(prepared, chunks: np.ndarray, coeff: float | None) -> list[float]:
+    """Per-joint MAE of the executed actions over the validation episodes (``chunks``: the raw chunk
+    predicted at each of their frames, episodes in ``val_ids`` order)."""
+    eps, errors, lo = prepared.episodes, [], 0
+    for e in prepared.val_ids:
+        start, end = int(eps.episode_starts[e]), int(eps.episode_ends[e])
+        done = executed_actions(chunks[lo:lo + end - start], coeff)
+        errors.append(np.abs(done - np.asarray(eps.actions[start:end], np.float64)))
+        lo += end - start
+    return np.concatenate(errors).mean(0).tolist()
 
 
 def _latency(policy, prepared, steps: int) -> np.ndarray:
@@ -161,7 +198,8 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device}: eval runs on cpu or cuda")
 
 
-def run_eval(checkpoint: str, data_config: str | None, overrides: list[str], device: str, output: str | None) -> EvalResult:
+def run_eval(checkpoint: str, data_config: str | None, overrides: list[str], device: str, output: str | None,
+             ensemble_coeff: float | None = None) -> EvalResult:
     """Evaluate, print the table, write per-frame values and ``<output>.json`` with the summary."""
     check_device(device)
     directory = pretrained_dir(checkpoint)
@@ -172,7 +210,9 @@ def run_eval(checkpoint: str, data_config: str | None, overrides: list[str], dev
     check_writable_file(out.with_suffix(".json"), "-o")
     if data_config:
         load_config(data_config)
-    result = evaluate(checkpoint, data_config, overrides, device=device)
+    if ensemble_coeff is not None and not ensemble_coeff >= 0:
+        raise UserError(f"--temporal-ensemble-coeff must be >= 0, got {ensemble_coeff}")
+    result = evaluate(checkpoint, data_config, overrides, device=device, ensemble_coeff=ensemble_coeff)
     write_rows(result.rows, out)
     out.with_suffix(".json").write_text(json.dumps(result.summary(), indent=1) + "\n")
     print(result.table())

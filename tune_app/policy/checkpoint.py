@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tune_app.config import Config, config_from_dict
 from tune_app.errors import UserError
 from tune_app.policy.act import ACTPolicy
+from tune_app.policy.ensemble import ChunkExecutor, TemporalEnsembler
 from tune_app.policy.normalize import NormStats
 from tune_app.yamlio import read_text
 
@@ -57,7 +58,7 @@ def _policy_config_json(cfg: Config, num_cameras: int) -> dict[str, Any]:
         "dim_model": m.dim_model, "n_heads": m.n_heads, "dim_feedforward": m.dim_feedforward,
         "feedforward_activation": "relu", "n_encoder_layers": m.n_encoder_layers,
         "n_decoder_layers": m.n_decoder_layers, "use_vae": m.use_vae, "latent_dim": m.latent_dim,
-        "n_vae_encoder_layers": m.n_vae_encoder_layers, "temporal_ensemble_coeff": None, "dropout": m.dropout,
+        "n_vae_encoder_layers": m.n_vae_encoder_layers, "temporal_ensemble_coeff": m.temporal_ensemble_coeff, "dropout": m.dropout,
         "kl_weight": t.kl_weight, "kl_reduction": m.kl_reduction, "optimizer_lr": t.lr,
         "optimizer_weight_decay": t.weight_decay, "optimizer_lr_backbone": t.lr_backbone,
     }
@@ -126,6 +127,7 @@ class LoadedPolicy:
     def __init__(self, model: ACTPolicy, stats: NormStats, cfg: Config, path: Path):
         self.model, self.stats, self.cfg, self.path = model, stats, cfg, path
         self.device = next(model.parameters()).device
+        self._runner: TemporalEnsembler | ChunkExecutor | None = None
 
     def normalise(self, state: np.ndarray | torch.Tensor, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.stats
@@ -148,9 +150,33 @@ class LoadedPolicy:
         s = self.stats
         return (pred.float().cpu() * torch.from_numpy(s.action_std) + torch.from_numpy(s.action_mean)).numpy()
 
+    @property
+    def temporal_ensemble_coeff(self) -> float | None:
+        return self.cfg.model.temporal_ensemble_coeff
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> LoadedPolicy:
+    def reset(self) -> None:
+        """Start a new episode: forget the chunks of the last one (call before the first ``predict_step``)."""
+        coeff, chunk = self.temporal_ensemble_coeff, self.cfg.model.chunk_size
+        self._runner = TemporalEnsembler(coeff, chunk) if coeff is not None else ChunkExecutor(chunk)
+
+    def predict_step(self, state, images) -> np.ndarray:
+        """One control step: raw state (state_dim,) and uint8 image(s) ([cams,] H, W, 3) -> the raw action
+        (action_dim,) to execute now. With ``model.temporal_ensemble_coeff`` set, the policy is queried every
+        step and the overlapping chunks are averaged; without, it is queried once per chunk."""
+        if self._runner is None:
+            self.reset()
+        runner = self._runner
+        query = isinstance(runner, TemporalEnsembler) or runner.needs_query()
+        chunk = self.predict(np.asarray(state)[None], np.asarray(images)[None])[0] if query else None
+        return runner.step(chunk).astype(np.float32)
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu", temporal_ensemble_coeff: float | None | str = "saved",
+                ) -> LoadedPolicy:
     """Load ``pretrained_model/`` (or a checkpoint directory holding it) into an eval-mode policy.
+
+    ``temporal_ensemble_coeff``: what :meth:`LoadedPolicy.predict_step` uses; ``"saved"`` (default) keeps
+    the checkpoint's ``model.temporal_ensemble_coeff``, None turns ensembling off, a number turns it on.
 
     A damaged checkpoint (a truncated safetensors file, an unreadable config) is a :class:`UserError`
     naming the file."""
@@ -164,6 +190,10 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> LoadedP
         raise UserError(f"{config_file}: not a tune_app training config; the checkpoint is damaged")
     cfg = config_from_dict(tree, source=str(config_file))
     cfg.model.pretrained_backbone = False   # the weights come from model.safetensors
+    if temporal_ensemble_coeff != "saved":
+        if temporal_ensemble_coeff is not None and not float(temporal_ensemble_coeff) >= 0:
+            raise UserError(f"temporal_ensemble_coeff must be >= 0 or None, got {temporal_ensemble_coeff}")
+        cfg.model.temporal_ensemble_coeff = None if temporal_ensemble_coeff is None else float(temporal_ensemble_coeff)
     model = ACTPolicy(cfg.model)
     try:
         model.load_state_dict(_load_tensors(directory / "model.safetensors"))

@@ -28,3 +28,6 @@ class ModelConfig:
     pretrained_backbone: bool = False
     backbone_weights: str | None = None   # local ResNet-18 weights (.safetensors or torchvision .pth)
     kl_reduction: Literal["mean", "sum"] = "mean"
+    # Inference only: null = execute each chunk open loop (ACT's default); a number >= 0 = query every step and
+    # average the overlapping chunks with weights exp(-coeff * i), oldest first (LeRobot uses 0.01).
+    temporal_ensemble_coeff: float | None = None
