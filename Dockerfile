@@ -29,6 +29,12 @@ RUN echo "ray==${RAY_VERSION}" > /tmp/pins.txt && \
       python -c "import torch; print('torch==' + torch.__version__)" >> /tmp/pins.txt && pip install -c /tmp/pins.txt -e .; \
     else pip install torch==2.13.0 ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} && pip install -c /tmp/pins.txt -e .; fi
 
+# torchvision's ImageNet ResNet-18 (model.pretrained_backbone) in the image, so pods never download it;
+# TUNE_APP_BACKBONE_URL at build time takes it from a mirror.
+ARG TUNE_APP_BACKBONE_URL=""
+ENV TORCH_HOME=/opt/torch
+RUN TUNE_APP_BACKBONE_URL="${TUNE_APP_BACKBONE_URL}" python -m tune_app weights fetch
+
 COPY configs ./configs
 COPY search_spaces ./search_spaces
 COPY osmo ./osmo

@@ -71,14 +71,6 @@ def test_pretrained_backbone_loads_a_local_safetensors_file(tmp_path):
     assert torch.equal(model.backbone.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
 
 
-def test_pretrained_backbone_without_weights_names_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torchhome"))
-    cfg = load_config(TINY, ["model.pretrained_backbone=true"])
-    with pytest.raises(UserError) as err:
-        ACTPolicy(cfg.model)
-    assert str(tmp_path / "torchhome" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in str(err.value)
-
-
 def test_exported_checkpoint_round_trip(tmp_path):
     cfg = load_config(TINY, ["data.demo_episodes=6", "data.demo_episode_len=30"])
     prepared = prepare(cfg)

@@ -117,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Deferred: torch and Ray Train take seconds to import; a mistake above is answered before.
     from tune_app import fastpath, tracking
     from tune_app.data import check_batches_fit, describe_source, ensure_data
+    from tune_app.policy import weights
     from tune_app.train import schedule
     from tune_app.trainable import MetricsFileCallback, fit_run
 
@@ -127,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_address(args)
     ensure_data(cfg)
     check_batches_fit([cfg])
+    weights.prefetch([cfg])
     tracking.prepare_environment(cfg, out)
 
     conn = _connect(args, _first_set(args.num_cpus, cfg.ray.num_cpus), storage=str(out.parent))
@@ -169,6 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Deferred: torch and Ray take seconds to import; a mistake in the sweep file is answered before.
     from tune_app import fastpath, tracking
     from tune_app.data import check_batches_fit, ensure_data
+    from tune_app.policy import weights
     from tune_app.sweep.run import run_sweep
 
     if sweep.base.mlflow.enabled:
@@ -189,6 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_device(args.eval_device)
     ensure_data(sweep.base)
     check_batches_fit(sweep.trial_configs())
+    weights.prefetch(sweep.trial_configs())
     tracking.prepare_environment(sweep.base, run_dir)
     mode = fastpath.choose(sweep.base.ray.fast_start)
     if not mode.fast:
@@ -230,9 +234,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     sweep = load_resumable(args.run_dir)          # before Ray starts: is it a sweep at all?
     # Deferred: torch and Ray take seconds to import; a wrong folder is answered before.
     from tune_app import fastpath, tracking
+    from tune_app.policy import weights
     from tune_app.sweep.run import resume_sweep
 
     _check_address(args)
+    weights.prefetch([sweep.base])
     tracking.prepare_environment(sweep.base, sweep.run_dir)
     mode = fastpath.choose(sweep.base.ray.fast_start)
     if not mode.fast:
@@ -313,6 +319,14 @@ def cmd_osmo_render(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}: {args.workers} worker(s) + head; submit with: osmo workflow submit {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from tune_app.policy import weights  # deferred: imports torch (seconds)
+
+    path, downloaded = weights.fetch()
+    print(f"ResNet-18 ImageNet weights: {path} ({'downloaded' if downloaded else 'already in the cache'})")
     return 0
 
 
@@ -466,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="template values (int/float/str)")
     p.add_argument("--set-string", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="template values kept as strings")
     p.set_defaults(func=cmd_osmo_validate)
+
+    w = sub.add_parser("weights", help="pretrained backbone weights").add_subparsers(dest="weights_command", required=True)
+    p = w.add_parser("fetch", help="download torchvision's ResNet-18 ImageNet weights into torch's hub cache "
+                     "(from $TUNE_APP_BACKBONE_URL when set), as model.pretrained_backbone needs; nothing when present")
+    p.set_defaults(func=cmd_weights_fetch)
 
     data = sub.add_parser("data", help="prepare a data source, or write the demo data as bags").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="decode a config's bags/LeRobot dataset into this node's cache")

@@ -7,6 +7,8 @@ scheduler) loads unchanged and keeps its meaning:
 
 * ``training.num_workers`` is DataLoader workers; DDP workers are ``ray.num_workers``.
 * ``training.scheduler`` absent means ``none``; a missing ``wandb`` section means off.
+* ``model.pretrained_backbone`` defaults to true, torchvision's ImageNet ResNet-18, downloaded once
+  per node into torch's hub cache when it is not there (:mod:`tune_app.policy.weights`).
 * ``model.kl_reduction`` defaults to ``mean`` (the original's KL, averaged over the latent
   dimensions) so an old config trains the same way; the shipped configs set ``sum`` (ACT/LeRobot).
 * Relative paths in a file resolve against that file's directory (the original resolved them

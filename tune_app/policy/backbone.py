@@ -3,20 +3,18 @@
 The trunk is conv1/bn1/relu/maxpool/layer1..layer4 (no avgpool, no fc): a 512-channel map at
 stride 32. Parameter names match ``torchvision.models.resnet18().state_dict()`` so ImageNet weights
 saved by torchvision (``resnet18-f37072fd.pth``) or converted to safetensors load directly.
-Weights are only ever read from a local file; nothing is downloaded.
+Weights are read from a local file; :mod:`tune_app.policy.weights` puts torchvision's there first.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tune_app.errors import UserError
-
-TORCHVISION_RESNET18_FILE = "resnet18-f37072fd.pth"
+from tune_app.policy.weights import local_weights
 
 
 class BasicBlock(nn.Module):
@@ -62,23 +60,10 @@ class ResNet18Trunk(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def weight_candidates(configured: str | None) -> list[Path]:
-    """Where pretrained weights are looked for: the configured file, else torchvision's hub cache."""
-    if configured:
-        return [Path(configured)]
-    hub = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "torch"))
-    return [hub.expanduser() / "hub" / "checkpoints" / TORCHVISION_RESNET18_FILE]
-
-
 def load_pretrained(trunk: ResNet18Trunk, configured: str | None) -> Path:
-    """Load ImageNet weights into ``trunk`` from a local file; a :class:`UserError` if there is none."""
-    candidates = weight_candidates(configured)
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        looked = ", ".join(str(p) for p in candidates)
-        raise UserError(
-            f"model.pretrained_backbone is true but no ResNet-18 weights were found (looked in {looked}); "
-            "set model.backbone_weights to a local .safetensors/.pth file or set model.pretrained_backbone=false")
+    """Load ImageNet weights into ``trunk``: ``configured`` (``model.backbone_weights``) when set, else
+    torchvision's file from torch's hub cache, downloaded there once per node (:mod:`.weights`)."""
+    path = local_weights(configured)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -25,8 +25,8 @@ class ModelConfig:
     dropout: float = 0.1
     use_vae: bool = True
     vision_backbone: Literal["resnet18"] = "resnet18"
-    pretrained_backbone: bool = False
-    backbone_weights: str | None = None   # local ResNet-18 weights (.safetensors or torchvision .pth)
+    pretrained_backbone: bool = True      # the original trainer's default: torchvision's ImageNet ResNet-18
+    backbone_weights: str | None = None   # local ResNet-18 weights (.safetensors or .pth); null: torchvision's, cached
     kl_reduction: Literal["mean", "sum"] = "mean"
     # Inference only: null = execute each chunk open loop (ACT's default); a number >= 0 = query every step and
     # average the overlapping chunks with weights exp(-coeff * i), oldest first (LeRobot uses 0.01).
