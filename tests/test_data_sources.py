@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tune_app.data import prepare
 from tune_app.data.bagwriter import episode_arrays, write_bag, write_demo_bags
 from tune_app.data.demo import make_demo
 from tune_app.data.images import UnsupportedImage, decode_raw
-from tune_app.data.lerobot import write_lerobot_dataset
+from tune_app.data.lerobot_writer import write_lerobot_dataset
 from tune_app.data.sources import prepare_cache
 
 from .conftest import FIXTURES, TINY
@@ -196,14 +197,125 @@ def test_lerobot_v3_dataset_reads_back(tmp_path):
     assert "LeRobot dataset" in eps.source
 
 
-def test_lerobot_video_only_dataset_says_what_is_missing(tmp_path, capsys):
-    write_lerobot_dataset(tmp_path / "ds", DEMO, fps=30)
-    info_path = tmp_path / "ds" / "meta" / "info.json"
-    info = json.loads(info_path.read_text())
-    info["features"]["observation.images.color"]["dtype"] = "video"
-    info_path.write_text(json.dumps(info))
-    rc, line = prepare_cli([f"data.lerobot_root={tmp_path / 'ds'}", f"data.cache_dir={tmp_path / 'c'}"], capsys)
-    assert rc == 2 and "only as video" in line and "observation.images.color" in line
+def _distinct_frames(episodes: int, length: int, cameras: int = 1, hw=(48, 64)):
+    """Episodes whose every frame differs clearly from every other (a brightness ramp, a moving bar and
+    a per-episode colour), so that a frame taken for its neighbour cannot pass as the right one."""
+    from tune_app.data.episodes import EpisodeSet
+
+    h, w = hw
+    out = []
+    for e in range(episodes):
+        imgs = np.zeros((length, cameras, h, w, 3), np.uint8)
+        for t in range(length):
+            for c in range(cameras):
+                imgs[t, c, :, :, 0] = 20 + 9 * t
+                imgs[t, c, :, :, 1] = 40 + 50 * e + 30 * c
+                imgs[t, c, :, (4 * t) % (w - 8):(4 * t) % (w - 8) + 8] = 250       # even columns: no chroma seam
+        states = np.full((length, 6), e, np.float32) + np.arange(length, dtype=np.float32)[:, None] / 100
+        out.append((states, states * 0 + 0.01, imgs))
+    return EpisodeSet.from_episodes(out, source="test")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    mse = ((a.astype(float) - b.astype(float)) ** 2).reshape(len(a), -1).mean(1)
+    return 10 * np.log10(255**2 / np.maximum(mse, 1e-12))
+
+
+def _nearest_source(decoded: np.ndarray, source: np.ndarray) -> np.ndarray:
+    d = ((decoded.reshape(len(decoded), 1, -1).astype(float) - source.reshape(1, len(source), -1)) ** 2).mean(-1)
+    return d.argmin(1)
+
+
+@pytest.mark.parametrize("codec", ["av1", "h264", "hevc"])
+@pytest.mark.parametrize("per_file", [1, 3], ids=["one-episode-per-file", "several-episodes-per-file"])
+def test_lerobot_video_dataset_decodes_each_frame_at_its_timestamp(tmp_path, codec, per_file):
+    source = _distinct_frames(5, 12)
+    write_lerobot_dataset(tmp_path / "ds", source, fps=30, video_codec=codec, episodes_per_video_file=per_file)
+    videos = sorted((tmp_path / "ds" / "videos").rglob("*.mp4"))
+    assert len(videos) == (5 if per_file == 1 else 2)
+    eps = prepare(cfg_for(tmp_path, f"data.lerobot_root={tmp_path / 'ds'}")).episodes
+    assert np.array_equal(eps.episode_starts, source.episode_starts) and np.array_equal(eps.episode_ends, source.episode_ends)
+    np.testing.assert_array_equal(eps.states, source.states)
+    decoded = np.asarray(eps.images)[:, 0]
+    assert _psnr(decoded, source.images[:, 0]).min() > 30                   # lossy, but close
+    # exact boundaries: every frame, first and last of each episode included, is its own source frame
+    assert np.array_equal(_nearest_source(decoded, source.images[:, 0]), np.arange(source.num_frames))
+
+
+def test_lerobot_mixed_image_and_video_cameras_and_camera_keys(tmp_path):
+    source = _distinct_frames(3, 10, cameras=2)
+    write_lerobot_dataset(tmp_path / "ds", source, fps=30, video_codec="h264", video_cameras=[1])
+    info = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())
+    assert [info["features"][k]["dtype"] for k in ("observation.images.cam0", "observation.images.cam1")] == ["image", "video"]
+    both = prepare(cfg_for(tmp_path, f"data.lerobot_root={tmp_path / 'ds'}")).episodes
+    assert np.array_equal(np.asarray(both.images)[:, 0], source.images[:, 0])         # PNG: bit-exact
+    assert _psnr(np.asarray(both.images)[:, 1], source.images[:, 1]).min() > 30      # video: lossy
+    swapped = prepare(cfg_for(tmp_path, f"data.lerobot_root={tmp_path / 'ds'}",
+                              "data.camera_keys=[observation.images.cam1, observation.images.cam0]")).episodes
+    assert np.array_equal(np.asarray(swapped.images)[:, 1], source.images[:, 0])
+
+
+def test_lerobot_video_errors_are_one_line(tmp_path, capsys):
+    source = _distinct_frames(2, 8)
+    root = tmp_path / "ds"
+    write_lerobot_dataset(root, source, fps=30, video_codec="h264")
+    cache = f"data.cache_dir={tmp_path / 'c'}"
+    rc, line = prepare_cli([f"data.lerobot_root={root}", cache, "data.camera_keys=[observation.images.colour]"], capsys)
+    assert rc == 2 and "data.camera_keys: 'observation.images.colour'" in line and "observation.images.color" in line
+
+    # the episodes' start times point past the video: no frame within half a frame period
+    import pyarrow.parquet as pq
+
+    meta_file = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    good = pq.read_table(meta_file)
+    shifted = good.set_column(good.column_names.index("videos/observation.images.color/from_timestamp"),
+                              "videos/observation.images.color/from_timestamp",
+                              [[t + 10.0 for t in good.column("videos/observation.images.color/from_timestamp").to_pylist()]])
+    pq.write_table(shifted, meta_file)
+    rc, line = prepare_cli([f"data.lerobot_root={root}", cache], capsys)
+    assert rc == 2 and "no frame within half a frame period" in line and "file-000.mp4" in line
+    pq.write_table(good, meta_file)
+
+    # a codec this FFmpeg does not know: the file's sample entry renamed, info.json naming it
+    video = next((root / "videos").rglob("*.mp4"))
+    video.write_bytes(video.read_bytes().replace(b"avc1", b"xvc9"))
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"]["observation.images.color"]["info"]["video.codec"] = "xvc9"
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    rc, line = prepare_cli([f"data.lerobot_root={root}", cache], capsys)
+    assert rc == 2 and "codec 'xvc9' cannot be decoded" in line and str(video) in line
+
+    # a video camera without the episode metadata that places episodes in the files
+    shutil.rmtree(root / "meta" / "episodes")
+    rc, line = prepare_cli([f"data.lerobot_root={root}", cache], capsys)
+    assert rc == 2 and "meta/episodes" in line
+    assert not (tmp_path / "c").exists()                     # failed builds leave no cache folder behind
+
+
+def test_data_demo_writes_a_lerobot_video_dataset(tmp_path, capsys):
+    rc = cli_main(["data", "demo", str(tmp_path / "ds"), "--format", "lerobot", "--video", "--episodes", "3"])
+    assert rc == 0 and "av1 video" in capsys.readouterr().out
+    info = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())
+    assert info["features"]["observation.images.color"]["info"]["video.codec"] == "av1" and info["fps"] == 30
+    assert (tmp_path / "ds" / "videos" / "observation.images.color" / "chunk-000" / "file-000.mp4").is_file()
+    eps = prepare(cfg_for(tmp_path, f"data.lerobot_root={tmp_path / 'ds'}")).episodes
+    assert eps.num_episodes == 3
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_on_a_lerobot_video_dataset(tmp_path):
+    from .conftest import grid_space, run_cli
+
+    assert cli_main(["data", "demo", str(tmp_path / "ds"), "--format", "lerobot", "--video", "--episodes", "6"]) == 0
+    space = grid_space(tmp_path, "video", [1e-4], "overrides: {training.steps: 4, training.eval_freq: 2, training.log_freq: 2, "
+                       "training.save_freq: 4}")
+    proc = run_cli("run", str(space), "--storage", str(tmp_path / "runs"), "--num-cpus", "2",
+                   "--override", f"data.lerobot_root={tmp_path / 'ds'}", "--override", f"data.cache_dir={tmp_path / 'cache'}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "video" / "summary.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["TERMINATED"]
+    split = json.loads(next((tmp_path / "runs" / "video").glob("best/pretrained_model/data_split.json")).read_text())
+    assert "LeRobot dataset" in split["source"] and split["episodes"] == 6
 
 
 # ---------------------------------------------------------------- errors (one line, exit 2)

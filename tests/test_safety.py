@@ -16,7 +16,7 @@ import torch
 from tune_app.cli import main as cli_main
 from tune_app.config import load_config
 from tune_app.data.demo import make_demo
-from tune_app.data.lerobot import write_lerobot_dataset
+from tune_app.data.lerobot_writer import write_lerobot_dataset
 from tune_app.errors import UserError, as_user_error, find_user_error, mask_secrets
 from tune_app.policy.checkpoint import load_training_state
 from tune_app.policy.manifest import MANIFEST, complete_checkpoints, is_complete, write_manifest

@@ -347,6 +347,10 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
     defaults = ["conventions.image_resize=[48, 64]", "data.camera_topic=/camera/camera/color/image_raw"]
     cfg = load_config(args.config, args.override if args.config else [*defaults, *args.override])
     out = Path(args.out_dir)
+    if args.video and args.format != "lerobot":
+        raise UserError("data demo: --video writes a LeRobot dataset; add --format lerobot")
+    if args.video and any(n % 2 for n in cfg.conventions.image_resize):
+        raise UserError(f"conventions.image_resize {cfg.conventions.image_resize}: video (yuv420p) needs an even height and width")
     check_writable_dir(out, "data demo:")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"data demo: {out} is not empty; choose a new folder")
@@ -366,10 +370,11 @@ def _write_demo(args: argparse.Namespace, cfg, out: Path) -> int:
     eps = make_demo(_first_set(args.episodes, cfg.data.demo_episodes), cfg.data.demo_episode_len, (h, w),
                     state_dim=len(cfg.data.joint_names), num_cameras=len(cfg.data.camera_topics or [cfg.data.camera_topic]))
     if args.format == "lerobot":
-        from tune_app.data.lerobot import write_lerobot_dataset  # deferred: imports torch (seconds)
+        from tune_app.data.lerobot_writer import write_lerobot_dataset  # deferred: imports torch (seconds)
 
-        write_lerobot_dataset(out, eps, cfg.data.fps)
-        print(f"wrote a LeRobot v3 dataset ({eps.num_episodes} episodes, {eps.num_frames} frames) to {out}; "
+        write_lerobot_dataset(out, eps, cfg.data.fps, video_codec=args.video_codec if args.video else None)
+        frames = f"{args.video_codec} video" if args.video else "PNG images"
+        print(f"wrote a LeRobot v3 dataset ({eps.num_episodes} episodes, {eps.num_frames} frames, cameras as {frames}) to {out}; "
               f"train on it with --override data.lerobot_root={out}")
         return 0
     from tune_app.data.bagwriter import write_demo_bags  # deferred: imports torch (seconds)
@@ -502,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=["rgb8", "bgr8", "mono8", "16UC1", "32FC1", "png", "jpeg"], default="rgb8",
                    help="camera message encoding (png/jpeg: sensor_msgs/CompressedImage)")
     p.add_argument("--format", choices=["rosbag", "lerobot"], default="rosbag")
+    p.add_argument("--video", action="store_true", help="LeRobot format: cameras as MP4 video (as LeRobot records), not PNG")
+    p.add_argument("--video-codec", choices=["av1", "h264", "hevc"], default="av1", help="with --video (default: av1, LeRobot's)")
     p.set_defaults(func=cmd_data_demo)
     return parser
 

@@ -42,6 +42,7 @@ class DataConfig:
     joint_topic: str = "/joint_states"
     camera_topic: str = "/camera/camera/depth/image_rect_raw"
     camera_topics: list[str] | None = None  # several cameras; overrides camera_topic when set
+    camera_keys: list[str] | None = None  # LeRobot camera features (image or video), in order; null: all of them
     joint_names: list[str] = field(default_factory=lambda: [
         "shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint",
         "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"])
