@@ -54,8 +54,10 @@ ray start --head --port="$RAY_PORT" --dashboard-host=127.0.0.1 --disable-usage-s
 storage_args=()
 [ -n "$STORAGE_PATH" ] && storage_args=(--storage "$STORAGE_PATH")
 status=0
+# --dashboard: tune_app's live sweep page on 127.0.0.1:${TUNE_DASHBOARD_PORT:-8266} while the sweep runs (port-forward it).
 # shellcheck disable=SC2086
 python -m tune_app run "$SEARCH_SPACE" --address auto --name "$SWEEP_NAME" --resume-existing \
+  --dashboard --no-hold --tune-dashboard-port "${TUNE_DASHBOARD_PORT:-8266}" \
   --wait-nodes "$((NUM_WORKERS + 1))" --wait-timeout "$WAIT_TIMEOUT" "${storage_args[@]}" "${argv[@]}" $TUNE_APP_ARGS \
   || status=$?
 

@@ -81,7 +81,7 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
         base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "WANDB_", "MLFLOW_"))}
         base.update({"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
                      "PYTHONUNBUFFERED": "1", "RAY_gcs_rpc_server_reconnect_timeout_s": "15"})
-        head_env = {**base, "RAY_TMPDIR": str(tmp_head), "TUNE_APP_CACHE": str(tmp_path / "node0-cache"),
+        head_env = {**base, "RAY_TMPDIR": str(tmp_head), "TUNE_APP_CACHE": str(tmp_path / "node0-cache"), "TUNE_DASHBOARD_PORT": "0",
                     "RAY_START_ARGS": f"{common} --dashboard-port={free_port()} --include-dashboard=true"}
         worker_env = {**base, "RAY_TMPDIR": str(tmp_worker), "TUNE_APP_CACHE": str(tmp_path / "node1-cache"),
                       "JOIN_RETRY_S": "1", "RAY_START_ARGS": f"{common} --node-manager-port={free_port()}"}

@@ -1,6 +1,7 @@
 """Sweep files: W&B keys -> Tune; every mistake is one line before anything starts."""
 
 import pytest
+from ray.tune.schedulers import ASHAScheduler
 
 from tune_app.errors import UserError
 from tune_app.sweep.space import SWEEP_PARAMS_KEY, load_sweep, swept_values, trial_name
@@ -33,7 +34,7 @@ def test_flagship_grid_is_three_by_two_on_the_tiny_config():
 
 def test_shipped_spaces_build_their_searchers():
     asha = load_sweep(REPO / "search_spaces" / "asha_random.yaml")
-    assert type(asha.scheduler()).__name__ in ("ASHAScheduler", "AsyncHyperBandScheduler") and asha.num_samples == 8
+    assert isinstance(asha.scheduler("runs/asha"), ASHAScheduler) and asha.num_samples == 8
     tpe = load_sweep(REPO / "search_spaces" / "tpe.yaml")
     assert type(tpe.search_alg()).__name__ == "OptunaSearch" and tpe.max_concurrent_trials == 2
 

@@ -52,6 +52,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else _port(text)
+
+
 def _port(text: str) -> int:
     value = _int_at_least(1)(text)
     if value > 65535:
@@ -66,22 +70,25 @@ def _add_connection_args(p: argparse.ArgumentParser, dashboard: bool = False) ->
     p.add_argument("--wait-timeout", type=_positive_float, default=600.0, metavar="S", help="give up waiting for nodes after S seconds (default 600)")
     if dashboard:
         p.add_argument("--dashboard", action="store_true",
-                       help="serve the embedded cluster's dashboard on --dashboard-host:--dashboard-port, print its URL, "
-                            "and keep it up after the sweep until Ctrl-C")
+                       help="serve tune_app's live sweep dashboard (--tune-dashboard-port) and, for the embedded local Ray, "
+                            "Ray's dashboard (--dashboard-port); print both URLs and keep them up after the sweep until Ctrl-C")
         p.add_argument("--dashboard-host", default="127.0.0.1", help="interface for --dashboard (default 127.0.0.1; "
-                       "0.0.0.0 exposes it to the network)")
-        p.add_argument("--dashboard-port", type=_port, default=8265, help="port for --dashboard (default 8265)")
+                       "0.0.0.0 exposes them to the network)")
+        p.add_argument("--dashboard-port", type=_port_or_zero, default=8265,
+                       help="port of Ray's dashboard for --dashboard (default 8265; 0: any free port)")
+        p.add_argument("--tune-dashboard-port", type=_port_or_zero, default=8266,
+                       help="port of tune_app's dashboard for --dashboard (default 8266; 0: any free port)")
+        p.add_argument("--no-hold", action="store_true", help="with --dashboard: stop serving when the sweep ends (a batch job)")
 
 
 def _connect(args: argparse.Namespace, num_cpus: int | None, storage: str | None = None):
     """Join or start Ray as the arguments say, wait for nodes, check the storage is shared by all of them."""
 
     kwargs = {}
-    if getattr(args, "dashboard", False):
-        if args.address or os.environ.get("RAY_ADDRESS"):
-            raise UserError("--dashboard is for the embedded local Ray; a cluster you join serves its own dashboard "
-                            "(port-forward its port 8265)")
-        if not cluster.port_free(args.dashboard_host, args.dashboard_port):
+    if getattr(args, "dashboard", False) and args.tune_dashboard_port and not cluster.port_free(args.dashboard_host, args.tune_dashboard_port):
+        raise UserError(f"--tune-dashboard-port {args.tune_dashboard_port}: the port is in use on {args.dashboard_host}; choose another")
+    if getattr(args, "dashboard", False) and not (args.address or os.environ.get("RAY_ADDRESS")):   # a joined cluster has its own
+        if args.dashboard_port and not cluster.port_free(args.dashboard_host, args.dashboard_port):
             raise UserError(f"--dashboard-port {args.dashboard_port}: the port is in use on {args.dashboard_host}; choose another")
         kwargs = {"dashboard_host": args.dashboard_host, "dashboard_port": args.dashboard_port}
     conn = cluster.connect(args.address, num_cpus=num_cpus, **kwargs)
@@ -97,13 +104,25 @@ def _connect(args: argparse.Namespace, num_cpus: int | None, storage: str | None
     return conn
 
 
-def _hold_dashboard(args: argparse.Namespace, conn) -> None:
+def _start_dashboard(args: argparse.Namespace, conn, run_dir: str):
+    """tune_app's dashboard for ``run_dir`` next to Ray's (``run --dashboard``); None without the flag."""
     if not getattr(args, "dashboard", False):
+        return None
+    from tune_app.inspection.dashboard import ClusterView, DashboardServer
+
+    server = DashboardServer(run_dir, host=args.dashboard_host, port=args.tune_dashboard_port, cluster=ClusterView(conn.dashboard_url))
+    print(f"tune_app dashboard: {server.start()} (the sweep, live; Ray's dashboard: {conn.dashboard_url})", flush=True)
+    return server
+
+
+def _hold_dashboard(args: argparse.Namespace, conn, server=None) -> None:
+    if not getattr(args, "dashboard", False) or args.no_hold:
         return
 
     signal.signal(signal.SIGINT, signal.default_int_handler)     # Tune's fit() leaves its own handler installed
     try:
-        print(f"sweep done; the dashboard stays up at {conn.dashboard_url} -- press Ctrl-C to stop", flush=True)
+        where = f"{server.url} and {conn.dashboard_url}" if server else str(conn.dashboard_url)
+        print(f"sweep done; the dashboards stay up at {where} -- press Ctrl-C to stop", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -197,11 +216,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     mode = fastpath.choose(sweep.base.ray.fast_start)
     if not mode.fast:
         print(mode.line(), flush=True)
+    server = None
     try:
         conn = _connect(args, _first_set(args.num_cpus, sweep.base.ray.num_cpus), storage=run_dir.rsplit("/", 1)[0])
+        server = _start_dashboard(args, conn, run_dir)
         summary = run_sweep(sweep, conn, overwrite=args.overwrite, max_failures=args.max_failures, mode=mode)
-        _hold_dashboard(args, conn)
+        _hold_dashboard(args, conn, server)
     finally:
+        if server is not None:
+            server.stop()
         cluster.shutdown()
     local = RunDir(run_dir).local_dir                # a bucket run's best/ is in its local working copy
     if args.eval_best and summary.get("best_trial") and (local / "best").is_dir():
@@ -244,12 +267,40 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not mode.fast:
         print(mode.line(), flush=True)
     storage = sweep.run_dir.rsplit("/", 1)[0]
+    server = None
     try:
         conn = _connect(args, args.num_cpus, storage=storage if is_uri(storage) else str(Path(storage).resolve()))
+        server = _start_dashboard(args, conn, sweep.run_dir)
         summary = resume_sweep(sweep, conn, mode)
+        _hold_dashboard(args, conn, server)
     finally:
+        if server is not None:
+            server.stop()
         cluster.shutdown()
     return _sweep_exit_code(summary)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from tune_app.inspection.dashboard import ClusterView, DashboardServer
+
+    if not RunDir(args.run_dir).exists("sweep.json"):          # a wrong folder is one line, before serving
+        raise UserError(f"{args.run_dir}: not a tune_app sweep directory (no sweep.json); give the directory `run` printed, "
+                        "e.g. runs/lr_grid")
+    view = None
+    if args.address:
+        conn = cluster.connect(args.address)
+        view = ClusterView(conn.dashboard_url)
+    server = DashboardServer(args.run_dir, host=args.host, port=args.port, cluster=view)
+    print(f"tune_app dashboard: {server.start()} (sweep {args.run_dir}) -- press Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+        if args.address:
+            cluster.shutdown()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -419,13 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue an interrupted sweep")
     p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
-    _add_connection_args(p)
+    _add_connection_args(p, dashboard=True)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="table of a sweep's trials (during or after it)")
     p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dashboard", help="serve a sweep's live dashboard (running or finished, local or in a bucket)")
+    p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid (or its URI)")
+    p.add_argument("--port", type=_port_or_zero, default=8266, help="port (default 8266; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--address", help="the sweep's Ray cluster (e.g. auto): adds CPU/GPU per node and links to Ray's dashboard")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("eval", help="evaluate an exported checkpoint on validation episodes (MAE per joint, L1, latency)")
     p.add_argument("checkpoint", help="a checkpoint directory (or its pretrained_model/), e.g. runs/lr_grid/best")

@@ -163,6 +163,16 @@ def quiet_auth_notice() -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
+def name_logs(name: str) -> None:
+    """In a trial's process or a Train worker: its forwarded log lines are prefixed with ``name`` (the
+    trial's) from here on, on the tested series (Ray reads a marker line with a private prefix);
+    elsewhere Ray's own prefix (the actor's class) stays."""
+    if ray_series() in TESTED_RAY:
+        from tune_app.fastpath.compat import name_log_prefix  # deferred: private Ray names, tested series only
+
+        name_log_prefix(name)
+
+
 def quiet_worker_logs(user_error_type: type[Exception]) -> None:
     """In a Train worker: Ray Train's per-report INFO lines and its traceback of a user mistake
     (the driver prints that as one line) are dropped, on the tested series (the loggers are

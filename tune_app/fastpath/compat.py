@@ -9,6 +9,7 @@ or calls exists. Any miss is one line, and the driver falls back to stock mode.
 from __future__ import annotations
 
 import logging
+import sys
 
 # Private names the fast path uses, by owner (the README lists them with the Ray versions checked).
 EXPECTED_METHODS = {
@@ -114,3 +115,15 @@ def quiet_train_logs(user_error_type: type[Exception]) -> None:
     util_logger = logging.getLogger("ray.train.v2._internal.util")
     if not any(isinstance(f, _DropUserErrorTracebacks) for f in util_logger.filters):
         util_logger.addFilter(_DropUserErrorTracebacks(f"{user_error_type.__module__}.{user_error_type.__name__}: "))
+
+
+def name_log_prefix(name: str) -> None:
+    """Ray prefixes a worker's forwarded log lines with its actor's name, which its log monitor reads
+    from a marker line in the worker's output (``ray_constants.LOG_PREFIX_ACTOR_NAME``); printing the
+    marker again renames the prefix from here on (a reused actor runs a new trial)."""
+    from ray._private import ray_constants
+
+    marker = getattr(ray_constants, "LOG_PREFIX_ACTOR_NAME", None)
+    if marker:
+        for stream in (sys.stdout, sys.stderr):
+            print(f"{marker}{name}", file=stream, flush=True)

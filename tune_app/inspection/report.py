@@ -6,41 +6,65 @@ JSON and draws the plots as SVG with a few lines of inline JavaScript: no networ
 offline from a file. Shown: the sortable trials table, training/validation loss and learning-rate
 curves per trial on shared axes, a parallel-coordinates plot of parameters against the metric, the
 metric against each parameter, early-stopped (dashed, amber) and failed (red) trials, and the best
-trial with its config and checkpoint.
+trial with its config and checkpoint, ASHA's rungs (who passed, who was stopped, against which
+cut-off) and the parameter importance. ``python -m tune_app dashboard`` serves the same page live
+(:mod:`.dashboard`).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from tune_app.checks import check_writable_file
-from tune_app.sweep.results import load_run
-from tune_app.sweep.rundir import RunDir
+from tune_app.inspection.importance import param_importance
+from tune_app.sweep.results import Run, load_run
+from tune_app.sweep.rundir import SWEEP_FILE, RunDir
 
 CURVE_KEYS = ("step", "loss", "val_loss", "lr", "lr_backbone", "l1_loss", "kl_loss")
 
 
-def report_data(run_dir: str | Path) -> dict:
-    """The JSON the page draws from: summary rows plus each trial's curves."""
-    run = load_run(run_dir)
+def report_data(run_dir: str | Path, run: Run | None = None) -> dict:
+    """The JSON the page draws from: the ``status --json`` summary, each trial's curves, ASHA's rung
+    decisions and the parameter importance (``run``: the sweep already loaded)."""
+    run = run or load_run(run_dir)
     summary = run.summary()
     by_id = {t.trial_id: t for t in run.trials}
     for row in summary["trials"]:
         row["history"] = [{k: r[k] for k in CURVE_KEYS if k in r} for r in by_id[row["trial_id"]].history]
     best_config = Path(run.path) / "best_config.yaml"
+    meta = json.loads((Path(run.path) / SWEEP_FILE).read_text())
     summary.update(parameters=run.parameters, best_config=best_config.read_text() if best_config.is_file() else None,
                    in_progress=any(t.state in ("RUNNING", "PENDING") for t in run.trials),
-                   generated=time.strftime("%Y-%m-%d %H:%M:%S"))
+                   generated=time.strftime("%Y-%m-%d %H:%M:%S"), rungs=run.rungs,
+                   scheduler=(meta.get("raw") or {}).get("early_terminate"), importance=param_importance(run))
     return summary
 
 
+def finite(value: Any) -> Any:
+    """``value`` with NaN/inf numbers replaced by None (JSON has no NaN; a browser's JSON.parse refuses it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(data: dict) -> str:
+    return json.dumps(finite(data), default=str)
+
+
 def render_html(data: dict) -> str:
+    """The page: the static report, or (``data["live"]`` set) the dashboard's, which polls for new data."""
     template = resources.files("tune_app.inspection").joinpath("report_template.html").read_text()
-    payload = json.dumps(data, default=str).replace("</", "<\\/")       # safe inside <script>
+    payload = to_json(data).replace("</", "<\\/")       # safe inside <script>
     return template.replace("__TITLE__", html.escape(str(data["name"]))).replace("__DATA__", payload)
 
 

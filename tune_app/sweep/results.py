@@ -18,7 +18,7 @@ from typing import Any
 from tune_app.errors import UserError
 from tune_app.policy.manifest import complete_checkpoints, is_complete_fs
 from tune_app.sweep import storage
-from tune_app.sweep.rundir import SWEEP_FILE, TRIALS_FILE, RunDir
+from tune_app.sweep.rundir import RUNGS_FILE, SWEEP_FILE, TRIALS_FILE, RunDir
 from tune_app.sweep.space import trial_name
 from tune_app.yamlio import read_text
 
@@ -54,6 +54,10 @@ class TrialRecord:
     def display_state(self) -> str:
         return "STOPPED EARLY" if self.stopped_early else self.state
 
+    def latest(self, key: str) -> Any:
+        """``key`` of the latest report that has it (Tune adds ``node_ip``, ``pid``, ``time_total_s``, ``timestamp``)."""
+        return next((r[key] for r in reversed(self.history) if r.get(key) is not None), None)
+
 
 @dataclass
 class Run:
@@ -64,6 +68,7 @@ class Run:
     parameters: list[str]
     total_steps: int | None
     trials: list[TrialRecord]
+    rungs: list[dict[str, Any]] = field(default_factory=list)    # ASHA's decisions (sweep.rungs), if any
 
     def _key(self, value: float) -> float:
         return value if self.mode == "min" else -value
@@ -81,12 +86,15 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         best = self.best()
+        stops = {e["trial_id"]: e for e in self.rungs if e.get("stopped")}
         return {
             "name": self.name, "metric": self.metric, "mode": self.mode, "path": str(self.path),
             "best_trial": best.trial_id if best else None,
             "trials": [{"trial_id": t.trial_id, "name": t.name, "params": t.params, "state": t.display_state,
                         "last_step": t.last_step, "metric": t.last(self.metric), "best_metric": self.best_metric(t),
-                        "checkpoint": t.checkpoint, "best": best is not None and t.trial_id == best.trial_id}
+                        "checkpoint": t.checkpoint, "best": best is not None and t.trial_id == best.trial_id,
+                        "node": t.latest("node_ip"), "pid": t.latest("pid"), "elapsed_s": t.latest("time_total_s"),
+                        "last_report_at": t.latest("timestamp"), "stopped_at": stops.get(t.trial_id)}
                        for t in self.trials],
         }
 
@@ -146,21 +154,24 @@ def read_sweep_meta(meta_file: Path) -> dict[str, Any]:
     return meta
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Everything ``status``/``report`` show about a sweep directory (a local folder or a URI)."""
+def load_run(run_dir: str | Path, mirror_dir: Path | None = None) -> Run:
+    """Everything ``status``/``report`` show about a sweep directory (a local folder or a URI).
+    ``mirror_dir``: for a URI, the local folder to copy it into (reused by callers that read it often);
+    default: a new temporary folder removed at exit."""
     rd = RunDir(run_dir)
     if rd.remote:
-        return _load_remote(rd)
+        return _load_remote(rd, mirror_dir)
     return _load_local(rd.path)
 
 
-def _load_remote(rd: RunDir) -> Run:
-    """A bucket run: its files but the checkpoints are copied to a temporary folder (removed at exit) and
-    read from there; checkpoints are named by their URI, complete ones only."""
+def _load_remote(rd: RunDir, tmp: Path | None = None) -> Run:
+    """A bucket run: its files but the checkpoints are copied to a local folder and read from there;
+    checkpoints are named by their URI, complete ones only."""
     if not rd.exists(SWEEP_FILE):
         raise UserError(f"{rd}: not a tune_app sweep directory (no {SWEEP_FILE}); give the directory `run` printed")
-    tmp = Path(tempfile.mkdtemp(prefix="tune_app_run_"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    if tmp is None:
+        tmp = Path(tempfile.mkdtemp(prefix="tune_app_run_"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     fs, root = rd.filesystem()
     checkpoints = storage.mirror(fs, root, tmp)
     run = _load_local(tmp)
@@ -187,7 +198,7 @@ def _load_local(path: Path) -> Run:
                                   state=str(entry.get("status") or "PENDING"), history=history,
                                   checkpoint=_latest_checkpoint(path, trial_id), total_steps=meta.get("total_steps")))
     return Run(path=path, name=meta["name"], metric=meta["metric"], mode=meta["mode"], parameters=meta["parameters"],
-               total_steps=meta.get("total_steps"), trials=trials)
+               total_steps=meta.get("total_steps"), trials=trials, rungs=_read_jsonl(path / RUNGS_FILE))
 
 
 def _fmt(v: Any) -> str:

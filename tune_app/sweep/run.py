@@ -61,7 +61,7 @@ def _tuner(sweep_meta: dict, base: Config, run_dir: str, conn: Connection, mode:
            sweep: Sweep | None = None, max_failures: int = 0):
     keys = sweep_meta["parameters"]
     storage, name = run_dir.rsplit("/", 1)
-    trainable = tune_trainable(base, f"{run_dir}/trials", conn.num_gpus, mode)
+    trainable = tune_trainable(base, f"{run_dir}/trials", conn.num_gpus, mode, keys)
     if sweep is None:        # Tune restores its run config (callbacks included) from tuner.pkl
         return tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True, resume_unfinished=True)
     events = None if RunDir(run_dir).remote else f"{run_dir}/trial_events.jsonl"
@@ -74,7 +74,7 @@ def _tuner(sweep_meta: dict, base: Config, run_dir: str, conn: Connection, mode:
     )
     tune_config = tune.TuneConfig(
         metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-        max_concurrent_trials=max_concurrent, scheduler=sweep.scheduler(), search_alg=sweep.search_alg(),
+        max_concurrent_trials=max_concurrent, scheduler=sweep.scheduler(run_dir), search_alg=sweep.search_alg(),
         trial_name_creator=TrialNamer(keys), trial_dirname_creator=TrialDirNamer(keys),
         reuse_actors=fastpath.reuse_actors(mode),
     )

@@ -97,14 +97,15 @@ class Sweep:
             configs.append(build_config(base, source=str(self.source), overrides=largest))
         return configs
 
-    def scheduler(self):
+    def scheduler(self, run_dir: str):
+        """ASHA for ``early_terminate`` (its rung decisions recorded in ``run_dir``, see :mod:`.rungs`), else None."""
         if not self.early_terminate:
             return None
-        from ray.tune.schedulers import ASHAScheduler
+        from tune_app.sweep.rungs import RecordingASHA
 
         et = self.early_terminate
-        return ASHAScheduler(time_attr="step", grace_period=et["min_iter"], reduction_factor=et["eta"],
-                             max_t=et.get("max_iter") or self.base.training.steps)
+        return RecordingASHA(run_dir=run_dir, metric=self.metric, mode=self.mode, time_attr="step", grace_period=et["min_iter"],
+                             reduction_factor=et["eta"], max_t=et.get("max_iter") or self.base.training.steps)
 
     def search_alg(self):
         if self.method != "bayes":

@@ -387,6 +387,8 @@ def _restore(weights, state, model, optimizer, scheduler, stream: BatchStream, r
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for Ray Train workers: ``loop_config["config"]`` is the run's :class:`Config`."""
     fastpath.quiet_worker_logs(UserError)
+    if loop_config.get("log_name"):
+        fastpath.name_logs(loop_config["log_name"])
     cfg: Config = loop_config["config"]
     run(cfg, RayTrainSession(cfg.training.device, cfg.ray.cpus_per_worker), progress=bool(loop_config.get("progress")))
 
