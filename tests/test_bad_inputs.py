@@ -100,6 +100,7 @@ CASES = [
     ("report-output-is-a-folder", ["report", "runs/good", "-o", "notes"]),
     # --- eval
     ("eval-missing", ["eval", "nowhere"]),
+    ("eval-negative-ensemble-coeff", ["eval", "ckpt", "--temporal-ensemble-coeff", "-1"]),
     ("eval-not-a-checkpoint", ["eval", "notes"]),
     ("eval-truncated-weights", ["eval", "ckpt_truncated"]),
     ("eval-damaged-config", ["eval", "ckpt_badjson"]),
@@ -111,6 +112,14 @@ CASES = [
     ("eval-non-data-override", ["eval", "ckpt", "--override", "training.lr=1"]),
     # --- data
     ("demo-into-a-file", ["data", "demo", "afile"]),
+    ("demo-video-as-bags", ["data", "demo", "fresh_demo", "--video"]),
+    ("demo-unknown-video-codec", ["data", "demo", "fresh_demo", "--format", "lerobot", "--video", "--video-codec", "vp9"]),
+    # --- dashboard, weights
+    ("dashboard-not-a-sweep", ["dashboard", "notes"]),
+    ("dashboard-missing-dir", ["dashboard", "nowhere"]),
+    ("dashboard-bad-port", ["dashboard", "notes", "--port", "70000"]),
+    ("run-dashboard-bad-port", ["run", "missing.yaml", "--dashboard", "--tune-dashboard-port", "-3"]),
+    ("weights-without-action", ["weights"]),
     ("demo-under-a-file", ["data", "demo", "afile/x"]),
     ("demo-into-a-full-folder", ["data", "demo", "notes"]),
     ("demo-zero-episodes", ["data", "demo", "newdemo", "--episodes", "0"]),
@@ -226,5 +235,5 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, sandbox):
 def test_the_table_covers_every_command():
     commands = {argv[0] if argv[0] not in ("data", "osmo") else " ".join(argv[:2]) for _, argv in CASES if argv}
     assert commands >= {"train", "run", "resume", "status", "report", "eval", "data demo", "data prepare",
-                        "osmo validate", "osmo render", "submit"}
+                        "osmo validate", "osmo render", "submit", "dashboard", "weights"}
     assert len(CASES) >= 60

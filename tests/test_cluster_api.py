@@ -74,7 +74,7 @@ def test_dashboard_serves_the_sweep_while_it_runs(tmp_path):
     # The embedded cluster's own token authentication, as a user gets it (no RAY_AUTH_* of their own).
     env = {k: v for k, v in ray_env(tmp).items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     proc = subprocess.Popen([sys.executable, "-m", "tune_app", "run", str(space), "--storage", str(tmp_path / "runs"), "--num-cpus", "2",
-                             "--dashboard", "--dashboard-port", str(port)], cwd=REPO, env=env, start_new_session=True,
+                             "--dashboard", "--dashboard-port", str(port), "--tune-dashboard-port", "0"], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     lines = []
@@ -89,19 +89,21 @@ def test_dashboard_serves_the_sweep_while_it_runs(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:          # no token: refused
             get_json(f"{base}/api/jobs/")
         assert refused.value.code == 401
-        expected = {"ImplicitFunc", "RayTrainWorker", "SynchronizationActor"}
+        expected = {"run_trial", "RayTrainWorker", "SynchronizationActor"}
         actors, classes, deadline = [], set(), time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             try:
-                actors = get_json(f"{base}/api/v0/actors?limit=200", token)["data"]["result"]["result"]
+                actors = get_json(f"{base}/api/v0/actors?limit=200&detail=1", token)["data"]["result"]["result"]
             except OSError:
                 actors = []
             classes = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
+            names = {a.get("repr_name") for a in actors if a["class_name"] == "run_trial"}
             if expected <= classes:        # the actors come up one after another: wait for the whole set
                 break
             time.sleep(1)
         # a trial's Train run, seen live: the trial's process (it hosts the Train controller) and its DDP workers
         assert expected <= classes, classes
+        assert names == {"lr=0.0001"}, names                       # the trial's actor is named after the trial
         jobs = get_json(f"{base}/api/jobs/", token)
         assert any(j["type"] == "DRIVER" and j["status"] == "RUNNING" for j in jobs)
         # bound to 127.0.0.1 only
@@ -109,10 +111,11 @@ def test_dashboard_serves_the_sweep_while_it_runs(tmp_path):
             urllib.request.urlopen(f"http://{_other_ip()}:{port}/api/version", timeout=3)
         for line in proc.stdout:                                                   # the sweep ends; the dashboard stays
             lines.append(line)
-            if "the dashboard stays up at" in line:
+            if "the dashboards stay up at" in line:
                 break
         assert get_json(f"{base}/api/version", token)["ray_version"]
         assert f"Ray dashboard: {base}" in "".join(lines)
+        assert "tune_app dashboard: http://127.0.0.1:" in "".join(lines)
         proc.send_signal(signal.SIGINT)                                            # Ctrl-C
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest[-2000:]
