@@ -15,6 +15,7 @@ each trial row links to its actor (with its logs) in Ray's dashboard.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import shutil
 import tempfile
@@ -132,7 +133,7 @@ class DashboardServer:
 
         async def index(request):
             if not await blocking(self._started):
-                return web.Response(text=WAITING_PAGE.format(where=self.run_dir), content_type="text/html")
+                return web.Response(text=WAITING_PAGE.format(where=html.escape(self.run_dir)), content_type="text/html")
             try:
                 return web.Response(text=render_html(await blocking(self.data)), content_type="text/html")
             except UserError as err:
