@@ -24,7 +24,7 @@ from tune_app.config import load_config, save_config
 from tune_app.errors import UserError, as_user_error, find_user_error, mask_secrets
 from tune_app.inspection.report import write_report
 from tune_app.sweep.results import load_run, render_table
-from tune_app.sweep.rundir import RunDir, check_run_dir, check_same_sweep, load_resumable, run_dir_for, sweep_exists
+from tune_app.sweep.rundir import SWEEP_FILE, RunDir, check_run_dir, check_same_sweep, load_resumable, run_dir_for, sweep_exists
 from tune_app.sweep.space import load_sweep
 from tune_app.train.output_dir import check_train_dir, claim_train_dir
 
@@ -210,8 +210,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_device(args.eval_device)
     ensure_data(sweep.base)
-    check_batches_fit(sweep.trial_configs())
-    weights.prefetch(sweep.trial_configs())
+    trial_configs = sweep.trial_configs()
+    check_batches_fit(trial_configs)
+    weights.prefetch(trial_configs)
     tracking.prepare_environment(sweep.base, run_dir)
     mode = fastpath.choose(sweep.base.ray.fast_start)
     if not mode.fast:
@@ -283,7 +284,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from tune_app.inspection.dashboard import ClusterView, DashboardServer
 
-    if not RunDir(args.run_dir).exists("sweep.json"):          # a wrong folder is one line, before serving
+    if not RunDir(args.run_dir).exists(SWEEP_FILE):          # a wrong folder is one line, before serving
         raise UserError(f"{args.run_dir}: not a tune_app sweep directory (no sweep.json); give the directory `run` printed, "
                         "e.g. runs/lr_grid")
     view = None

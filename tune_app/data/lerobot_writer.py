@@ -95,6 +95,7 @@ def _write_videos(root: Path, eps: EpisodeSet, key: str, cam: int, fps: float, c
     from tune_app.data.video import encode
 
     columns: dict[str, list] = {f"videos/{key}/{c}": [] for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")}
+    lengths = eps.episode_lengths()
     for file_index, first in enumerate(range(0, eps.num_episodes, per_file)):
         group = range(first, min(first + per_file, eps.num_episodes))
         lo, hi = int(eps.episode_starts[group[0]]), int(eps.episode_ends[group[-1]])
@@ -105,5 +106,5 @@ def _write_videos(root: Path, eps: EpisodeSet, key: str, cam: int, fps: float, c
             columns[f"videos/{key}/chunk_index"].append(0)
             columns[f"videos/{key}/file_index"].append(file_index)
             columns[f"videos/{key}/from_timestamp"].append(start)
-            columns[f"videos/{key}/to_timestamp"].append(start + int(eps.episode_lengths()[e]) / fps)
+            columns[f"videos/{key}/to_timestamp"].append(start + int(lengths[e]) / fps)
     return columns

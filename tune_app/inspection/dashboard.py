@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import logging
 import shutil
 import tempfile
 import threading
@@ -30,7 +29,6 @@ from tune_app.sweep.results import load_run
 from tune_app.sweep.rundir import SWEEP_FILE, RunDir
 
 DEFAULT_PORT = 8266
-log = logging.getLogger("tune_app.dashboard")
 
 WAITING_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
 <title>tune_app sweep: waiting</title></head><body style="font: 14px system-ui, sans-serif; margin: 24px">

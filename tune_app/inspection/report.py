@@ -24,7 +24,7 @@ from typing import Any
 from tune_app.checks import check_writable_file
 from tune_app.inspection.importance import param_importance
 from tune_app.sweep.results import Run, load_run
-from tune_app.sweep.rundir import SWEEP_FILE, RunDir
+from tune_app.sweep.rundir import RunDir
 
 CURVE_KEYS = ("step", "loss", "val_loss", "lr", "lr_backbone", "l1_loss", "kl_loss")
 
@@ -38,11 +38,10 @@ def report_data(run_dir: str | Path, run: Run | None = None) -> dict:
     for row in summary["trials"]:
         row["history"] = [{k: r[k] for k in CURVE_KEYS if k in r} for r in by_id[row["trial_id"]].history]
     best_config = Path(run.path) / "best_config.yaml"
-    meta = json.loads((Path(run.path) / SWEEP_FILE).read_text())
     summary.update(parameters=run.parameters, best_config=best_config.read_text() if best_config.is_file() else None,
                    in_progress=any(t.state in ("RUNNING", "PENDING") for t in run.trials),
                    generated=time.strftime("%Y-%m-%d %H:%M:%S"), rungs=run.rungs,
-                   scheduler=(meta.get("raw") or {}).get("early_terminate"), importance=param_importance(run))
+                   scheduler=run.scheduler, importance=param_importance(run))
     return summary
 
 

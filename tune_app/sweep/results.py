@@ -18,7 +18,7 @@ from typing import Any
 from tune_app.errors import UserError
 from tune_app.policy.manifest import complete_checkpoints, is_complete_fs
 from tune_app.sweep import storage
-from tune_app.sweep.rundir import RUNGS_FILE, SWEEP_FILE, TRIALS_FILE, RunDir
+from tune_app.sweep.rundir import RUNGS_FILE, SWEEP_FILE, TRIALS_FILE, RunDir, parse_jsonl
 from tune_app.sweep.space import trial_name
 from tune_app.yamlio import read_text
 
@@ -69,6 +69,7 @@ class Run:
     total_steps: int | None
     trials: list[TrialRecord]
     rungs: list[dict[str, Any]] = field(default_factory=list)    # ASHA's decisions (sweep.rungs), if any
+    scheduler: dict[str, Any] | None = None                      # the sweep file's early_terminate, if any
 
     def _key(self, value: float) -> float:
         return value if self.mode == "min" else -value
@@ -109,14 +110,7 @@ class BestTrial:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue   # a line being written right now
-    return out
+    return parse_jsonl(path.read_text()) if path.is_file() else []
 
 
 def _read_trials(trials_file: Path) -> list[dict[str, Any]]:
@@ -198,7 +192,8 @@ def _load_local(path: Path) -> Run:
                                   state=str(entry.get("status") or "PENDING"), history=history,
                                   checkpoint=_latest_checkpoint(path, trial_id), total_steps=meta.get("total_steps")))
     return Run(path=path, name=meta["name"], metric=meta["metric"], mode=meta["mode"], parameters=meta["parameters"],
-               total_steps=meta.get("total_steps"), trials=trials, rungs=_read_jsonl(path / RUNGS_FILE))
+               total_steps=meta.get("total_steps"), trials=trials, rungs=_read_jsonl(path / RUNGS_FILE),
+               scheduler=(meta.get("raw") or {}).get("early_terminate"))
 
 
 def _fmt(v: Any) -> str:

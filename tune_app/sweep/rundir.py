@@ -126,6 +126,17 @@ TRIALS_FILE = "trials.jsonl"
 RUNGS_FILE = "rungs.jsonl"            # ASHA decisions (tune_app.sweep.rungs)
 
 
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file's text; a line that does not parse (being written right now) is skipped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def run_dir_for(sweep: Sweep) -> str:
     storage = sweep.storage_path or str(Path("runs").resolve())
     return str(RunDir(f"{storage.rstrip('/')}/{sweep.name}"))

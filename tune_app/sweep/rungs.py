@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from tune_app.sweep.rundir import RUNGS_FILE, RunDir
+from tune_app.sweep.rundir import RUNGS_FILE, RunDir, parse_jsonl
 
 
 class RungBook:
@@ -74,11 +74,4 @@ class RecordingASHA(ASHAScheduler):
 
 
 def read_rungs(rd: RunDir) -> list[dict[str, Any]]:
-    text = rd.read_text(RUNGS_FILE) or ""
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return parse_jsonl(rd.read_text(RUNGS_FILE) or "")
