@@ -87,8 +87,11 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
                       "JOIN_RETRY_S": "1", "RAY_START_ARGS": f"{common} --node-manager-port={free_port()}"}
         logs = tmp_path / "logs"
         logs.mkdir()
-        start(worker, worker_env, wrap=isolated(), log=logs / "worker.log")
-        start(head, head_env, log=logs / "head.log")
+        # Each "pod" gets its own PID namespace, as on OSMO: `ray start --head` refuses to start when it sees a
+        # raylet that points at its address, and the worker's raylet outlives a killed head by up to 15 s.
+        pod = isolated()
+        start(worker, worker_env, wrap=pod, log=logs / "worker.log")
+        start(head, head_env, wrap=pod, log=logs / "head.log")
         run_dir = shared / head.env["SWEEP_NAME"]
 
         # Kill the head once a trial has finished and another has a checkpoint.
@@ -109,7 +112,7 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
         head.proc.wait(timeout=60)
         assert head.proc.returncode == -signal.SIGKILL
 
-        start(head, head_env, log=logs / "head.log")                       # OSMO reschedules it, same environment
+        start(head, head_env, wrap=pod, log=logs / "head.log")             # OSMO reschedules it, same environment
         assert head.proc.wait(timeout=900) == 0, (logs / "head.log").read_text()[-5000:]
         head_log = (logs / "head.log").read_text()
         assert "resuming it" in head_log and "Traceback" not in head_log
@@ -134,7 +137,7 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
         for pid in pids_matching(str(tmp_head)):
             os.kill(pid, signal.SIGKILL)
         SPACE.write_text(SPACE_TEXT.replace("5.0e-4]", "5.0e-4, 7.0e-4]"))
-        start(head, {**head_env, "NUM_WORKERS": "0"}, log=logs / "head-edited.log")
+        start(head, {**head_env, "NUM_WORKERS": "0"}, wrap=pod, log=logs / "head-edited.log")
         assert head.proc.wait(timeout=300) == 2
         edited = (logs / "head-edited.log").read_text()
         assert "--resume-existing" in edited and "--overwrite" in edited and "Traceback" not in edited
