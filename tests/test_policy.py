@@ -16,16 +16,19 @@ from tune_app.policy.ensemble import TemporalEnsembler, executed_actions
 from .conftest import REPO, TINY
 
 
-def test_ur10e_preset_has_the_original_parameter_count():
+def test_ur10e_preset_has_lerobots_parameter_count():
     cfg = load_config(REPO / "configs" / "act_ur10e.yaml")
-    assert count_parameters(ACTPolicy(cfg.model)) == 51_601_158
+    assert count_parameters(ACTPolicy(cfg.model)) == 51_597_190      # LeRobot 0.4.4's ACT at these sizes
 
 
-def test_resnet_trunk_matches_torchvision_size_and_names():
+def test_resnet_trunk_matches_torchvision_names_with_frozen_batchnorm():
     trunk = ResNet18Trunk()
-    assert count_parameters(trunk) == 11_176_512
+    # torchvision's 11,176,512 less the BatchNorm affine terms, which are frozen buffers here (as in LeRobot)
+    assert count_parameters(trunk) == 11_166_912
     names = set(trunk.state_dict())
     assert {"conv1.weight", "bn1.running_mean", "layer4.1.bn2.weight", "layer2.0.downsample.0.weight"} <= names
+    assert not any(n.endswith("num_batches_tracked") for n in names)
+    assert all(n.endswith("conv1.weight") or "conv" in n or "downsample.0" in n for n, _ in trunk.named_parameters())
 
 
 def test_shapes_train_and_inference():
@@ -48,6 +51,9 @@ def test_l1_ignores_padded_steps():
     is_pad = torch.tensor([[False, False, True, True]])
     _, l1, kl = act_loss(pred, target, is_pad, None, 10.0)
     assert l1.item() == pytest.approx(1.0) and kl.item() == 0.0
+    # mean (LeRobot's): padded steps count as zero error in an average over all 8 elements
+    _, l1_mean, _ = act_loss(pred, target, is_pad, None, 10.0, l1_reduction="mean")
+    assert l1_mean.item() == pytest.approx(0.5)
 
 
 def test_kl_reduction_sum_is_latent_dim_times_mean():

@@ -129,14 +129,30 @@ def _hold_dashboard(args: argparse.Namespace, conn, server=None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)                # a second Ctrl-C must not cut the shutdown short
 
 
+def _prepare_models(configs) -> None:
+    """Before Ray starts: the backbone weights are on this node, and every ``training.init_from`` checkpoint
+    loads and fits its trial's model (checked once per checkpoint and model shape)."""
+    from tune_app.policy import weights
+    from tune_app.policy.checkpoint import ARCHITECTURE, check_init_from  # deferred: imports torch (seconds)
+
+    weights.prefetch(configs)
+    seen = set()
+    for cfg in configs:
+        key = (cfg.training.init_from, *(getattr(cfg.model, k) for k in ARCHITECTURE))
+        if cfg.training.init_from and key not in seen:
+            seen.add(key)
+            check_init_from(cfg)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.init_from:
+        args.override = [*args.override, f"training.init_from={args.init_from}"]
     cfg = load_config(args.config, args.override)
     out = Path(cfg.training.output_dir)
     resuming = check_train_dir(out, args.resume, args.overwrite)
     # Deferred: torch and Ray Train take seconds to import; a mistake above is answered before.
     from tune_app import fastpath, tracking
     from tune_app.data import check_batches_fit, describe_source, ensure_data
-    from tune_app.policy import weights
     from tune_app.train import schedule
     from tune_app.trainable import MetricsFileCallback, fit_run
 
@@ -147,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_address(args)
     ensure_data(cfg)
     check_batches_fit([cfg])
-    weights.prefetch([cfg])
+    _prepare_models([cfg])
     tracking.prepare_environment(cfg, out)
 
     conn = _connect(args, _first_set(args.num_cpus, cfg.ray.num_cpus), storage=str(out.parent))
@@ -190,7 +206,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Deferred: torch and Ray take seconds to import; a mistake in the sweep file is answered before.
     from tune_app import fastpath, tracking
     from tune_app.data import check_batches_fit, ensure_data
-    from tune_app.policy import weights
     from tune_app.sweep.run import run_sweep
 
     if sweep.base.mlflow.enabled:
@@ -212,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ensure_data(sweep.base)
     trial_configs = sweep.trial_configs()
     check_batches_fit(trial_configs)
-    weights.prefetch(trial_configs)
+    _prepare_models(trial_configs)
     tracking.prepare_environment(sweep.base, run_dir)
     mode = fastpath.choose(sweep.base.ray.fast_start)
     if not mode.fast:
@@ -258,11 +273,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     sweep = load_resumable(args.run_dir)          # before Ray starts: is it a sweep at all?
     # Deferred: torch and Ray take seconds to import; a wrong folder is answered before.
     from tune_app import fastpath, tracking
-    from tune_app.policy import weights
     from tune_app.sweep.run import resume_sweep
 
     _check_address(args)
-    weights.prefetch([sweep.base])
+    _prepare_models([sweep.base])
     tracking.prepare_environment(sweep.base, sweep.run_dir)
     mode = fastpath.choose(sweep.base.ray.fast_start)
     if not mode.fast:
@@ -319,6 +333,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tune_app.inspection.evaluate import run_eval  # deferred: imports torch (seconds)
 
     run_eval(args.checkpoint, args.data, args.override, args.device, args.output, args.temporal_ensemble_coeff)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.exists() or out.is_symlink():
+        raise UserError(f"-o {out}: already exists; export writes a new folder")
+    check_writable_dir(out.parent, "-o")
+    from tune_app.policy.checkpoint import export_lerobot  # deferred: imports torch (seconds)
+
+    written = export_lerobot(args.checkpoint, out)
+    print(f"exported a LeRobot ACT pretrained_model to {written}; load it with "
+          f"lerobot.policies.act.modeling_act.ACTPolicy.from_pretrained({str(written)!r})")
     return 0
 
 
@@ -448,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in training.output_dir from its last checkpoint")
     group.add_argument("--overwrite", action="store_true", help="delete the run in training.output_dir and start over")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="fine-tune from these weights: a tune_app checkpoint or a LeRobot ACT pretrained_model "
+                        "(sets training.init_from; the model settings must match it)")
     _add_connection_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -495,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temporal-ensemble-coeff", type=float, metavar="C",
                    help="coefficient of the ensembled column (default: the checkpoint's model.temporal_ensemble_coeff, else 0.01)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a checkpoint in another tool's format (LeRobot's ACT pretrained_model)")
+    p.add_argument("checkpoint", help="a checkpoint directory (or its pretrained_model/), e.g. runs/lr_grid/best")
+    p.add_argument("--format", choices=["lerobot"], default="lerobot", help="the target format (default: lerobot)")
+    p.add_argument("-o", "--output", required=True, help="the folder to create (must not exist)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a sweep (plots, table, best trial)")
     p.add_argument("run_dir", help="the sweep's directory, e.g. runs/lr_grid")

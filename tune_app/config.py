@@ -84,6 +84,7 @@ class TrainingConfig:
     warmup_steps: int = 500
     min_lr: float = 1.0e-7
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on GPU only
+    init_from: str | None = None          # start from these weights: a tune_app checkpoint or a LeRobot ACT pretrained_model
 
 
 @dataclass
@@ -155,7 +156,7 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
 
 # Keys whose relative values are paths (resolved against the file that names them).
 PATH_KEYS = {"data.bag_dir", "data.lerobot_root", "data.cache_dir", "model.backbone_weights",
-             "training.output_dir", "ray.storage_path"}
+             "training.output_dir", "training.init_from", "ray.storage_path"}
 
 
 def _section_hints(cls: type) -> dict[str, Any]:

@@ -62,8 +62,8 @@ class ChunkDataset(Dataset):
         f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
         self.state_mean, self.state_std = f32(stats.state_mean), f32(stats.state_std)
         self.action_mean, self.action_std = f32(stats.action_mean), f32(stats.action_std)
-        self.image_mean = f32(stats.image_mean).view(1, 3, 1, 1)
-        self.image_std = f32(stats.image_std).view(1, 3, 1, 1)
+        self.image_mean = f32(stats.image_mean).view(-1, 3, 1, 1)      # (1 or cameras, 3, 1, 1)
+        self.image_std = f32(stats.image_std).view(-1, 3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.frames)

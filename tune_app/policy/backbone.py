@@ -1,9 +1,12 @@
 """A native ResNet-18 trunk (no torchvision), with torchvision-compatible parameter names.
 
 The trunk is conv1/bn1/relu/maxpool/layer1..layer4 (no avgpool, no fc): a 512-channel map at
-stride 32. Parameter names match ``torchvision.models.resnet18().state_dict()`` so ImageNet weights
-saved by torchvision (``resnet18-f37072fd.pth``) or converted to safetensors load directly.
-Weights are read from a local file; :mod:`tune_app.policy.weights` puts torchvision's there first.
+stride 32. Its BatchNorm is frozen (``FrozenBatchNorm2d``: the statistics and affine terms are
+buffers), as in DETR, the ACT paper and LeRobot: small robot batches would make batch statistics
+noisy, and a frozen norm is the same per sample, so cameras can share one backbone call. Parameter
+names match ``torchvision.models.resnet18().state_dict()`` so ImageNet weights saved by torchvision
+(``resnet18-f37072fd.pth``) or converted to safetensors load directly. Weights are read from a local
+file; :mod:`tune_app.policy.weights` puts torchvision's there first.
 """
 
 from __future__ import annotations
@@ -17,17 +20,36 @@ from tune_app.errors import UserError
 from tune_app.policy.weights import local_weights
 
 
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine terms (torchvision.ops.FrozenBatchNorm2d's buffers and maths)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        for name, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            self.register_buffer(name, torch.full((channels,), fill))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)        # present in a BatchNorm2d's weights
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None].to(x.dtype) + shift[None, :, None, None].to(x.dtype)
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.bn1 = FrozenBatchNorm2d(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = FrozenBatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), FrozenBatchNorm2d(out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -44,7 +66,7 @@ class ResNet18Trunk(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = FrozenBatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))

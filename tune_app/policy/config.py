@@ -28,6 +28,11 @@ class ModelConfig:
     pretrained_backbone: bool = True      # the original trainer's default: torchvision's ImageNet ResNet-18
     backbone_weights: str | None = None   # local ResNet-18 weights (.safetensors or .pth); null: torchvision's, cached
     kl_reduction: Literal["mean", "sum"] = "mean"
+    # L1 over the chunk: masked_mean = over the real (unpadded) steps (what tune_app did so far; the default, so a
+    # config keeps its meaning); mean = over every element, padded steps as zero (LeRobot's; the shipped configs).
+    l1_reduction: Literal["mean", "masked_mean"] = "masked_mean"
+    pre_norm: bool = False                # LeRobot's option: pre-norm transformer layers (ACT: post-norm)
+    feedforward_activation: Literal["relu", "gelu", "glu"] = "relu"
     # Inference only: null = execute each chunk open loop (ACT's default); a number >= 0 = query every step and
     # average the overlapping chunks with weights exp(-coeff * i), oldest first (LeRobot uses 0.01).
     temporal_ensemble_coeff: float | None = None

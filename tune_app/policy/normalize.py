@@ -1,4 +1,6 @@
-"""Normalisation statistics of a policy's inputs and outputs, under LeRobot's processor key names."""
+"""Normalisation statistics of a policy's inputs and outputs (LeRobot's MEAN_STD normalisation).
+
+On disk they are the LeRobot pre-/post-processor tensors (:mod:`tune_app.policy.lerobot_format`)."""
 
 from __future__ import annotations
 
@@ -13,17 +15,5 @@ class NormStats:
     state_std: np.ndarray
     action_mean: np.ndarray
     action_std: np.ndarray
-    image_mean: np.ndarray  # (3,), on the 0-1 scale
+    image_mean: np.ndarray  # (3,) shared by every camera, or (cameras, 3); on the 0-1 scale
     image_std: np.ndarray
-
-    # LeRobot's processor key names, used in checkpoints.
-    KEYS = {"state_mean": "observation.state.mean", "state_std": "observation.state.std",
-            "action_mean": "action.mean", "action_std": "action.std",
-            "image_mean": "observation.images.color.mean", "image_std": "observation.images.color.std"}
-
-    def to_named(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(getattr(self, attr), dtype=np.float32) for attr, name in self.KEYS.items()}
-
-    @classmethod
-    def from_named(cls, named: dict) -> NormStats:
-        return cls(**{attr: np.asarray(named[name], dtype=np.float32) for attr, name in cls.KEYS.items()})

@@ -49,7 +49,8 @@ from tune_app.config import Config
 from tune_app.data import ChunkDataset, prepare
 from tune_app.errors import UserError
 from tune_app.policy.act import ACTPolicy, act_loss
-from tune_app.policy.checkpoint import load_training_state, save_pretrained, save_training_state
+from tune_app.policy.checkpoint import init_weights, load_training_state, save_pretrained, save_training_state
+from tune_app.policy.lerobot_format import model_state
 from tune_app.policy.manifest import is_complete, write_manifest
 from tune_app.train.schedule import build_scheduler
 from tune_app.train.session import RayTrainSession
@@ -260,7 +261,10 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
                         pin_memory=device.type == "cuda")
     stream = BatchStream(loader, sampler)
 
-    model = ACTPolicy(cfg.model).to(device)
+    model = ACTPolicy(cfg.model)
+    if t.init_from:
+        init_weights(model, t.init_from)          # a resumed run's checkpoint replaces these below
+    model = model.to(device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, t)
     start_step = _resume(session, model, optimizer, scheduler, stream, progress and rank == 0)
@@ -287,7 +291,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
         with autocast():
             pred, latent = ddp(batch["state"], batch["image"], batch["action"], batch["action_is_pad"])
             loss, l1, kl = act_loss(pred, batch["action"], batch["action_is_pad"], latent, t.kl_weight,
-                                    cfg.model.kl_reduction)
+                                    cfg.model.kl_reduction, cfg.model.l1_reduction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip_norm > 0:
@@ -362,7 +366,7 @@ def _resume(session, model, optimizer, scheduler, stream: BatchStream, say: bool
             except (OSError, SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
                 skipped.append(f"{name} ({type(exc).__name__})")
                 continue
-            step = _restore(weights, state, model, optimizer, scheduler, stream, session.rank, session.world_size)
+            step = _restore(model_state(weights, ckpt_dir), state, model, optimizer, scheduler, stream, session.rank, session.world_size)
             if say:
                 extra = f"; skipped incomplete or unreadable {', '.join(skipped)}" if skipped else ""
                 print(f"resumed from checkpoint {name} at step {step}{extra}", flush=True)
