@@ -55,6 +55,9 @@ CASES = [
     ("train-unreachable-mlflow", ["train", "--config", "ok.yaml", "--override", "mlflow.enabled=true",
                                   "--override", f"mlflow.tracking_uri=http://robot:{SECRET}@127.0.0.1:1"]),
     ("train-unknown-flag", ["train", "--config", "ok.yaml", "--bogus"]),
+    ("train-init-from-missing", ["train", "--config", "ok.yaml", "--init-from", "nowhere"]),
+    ("train-init-from-another-model", ["train", "--config", "ok.yaml", "--init-from", "ckpt", "--override", "model.chunk_size=5"]),
+    ("train-init-from-truncated", ["train", "--config", "ok.yaml", "--init-from", "ckpt_truncated"]),
     # --- run: sweep files, names, storage, flags
     ("run-missing-space", ["run", "missing.yaml"]),
     ("run-binary-space", ["run", "binary.yaml"]),
@@ -99,6 +102,12 @@ CASES = [
     ("report-output-under-a-file", ["report", "runs/good", "-o", "afile/r.html"]),
     ("report-output-is-a-folder", ["report", "runs/good", "-o", "notes"]),
     # --- eval
+    ("export-missing", ["export", "nowhere", "-o", "exported"]),
+    ("export-output-exists", ["export", "ckpt", "-o", "ckpt_badjson"]),
+    ("export-truncated-weights", ["export", "ckpt_truncated", "-o", "exported"]),
+    ("export-damaged-config", ["export", "ckpt_badjson", "-o", "exported"]),
+    ("export-unknown-format", ["export", "ckpt", "--format", "onnx", "-o", "exported"]),
+    ("export-no-output", ["export", "ckpt"]),
     ("eval-missing", ["eval", "nowhere"]),
     ("eval-negative-ensemble-coeff", ["eval", "ckpt", "--temporal-ensemble-coeff", "-1"]),
     ("eval-not-a-checkpoint", ["eval", "notes"]),
@@ -235,5 +244,5 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, sandbox):
 def test_the_table_covers_every_command():
     commands = {argv[0] if argv[0] not in ("data", "osmo") else " ".join(argv[:2]) for _, argv in CASES if argv}
     assert commands >= {"train", "run", "resume", "status", "report", "eval", "data demo", "data prepare",
-                        "osmo validate", "osmo render", "submit", "dashboard", "weights"}
+                        "osmo validate", "osmo render", "submit", "dashboard", "weights", "export"}
     assert len(CASES) >= 60

@@ -186,7 +186,7 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path):
 
 
 def test_lerobot_v3_dataset_reads_back(tmp_path):
-    write_lerobot_dataset(tmp_path / "ds", DEMO, fps=30, rows_per_file=40)    # episodes span files
+    write_lerobot_dataset(tmp_path / "ds", DEMO, fps=30, rows_per_file=40)    # four data files, whole episodes
     cfg = cfg_for(tmp_path, f"data.lerobot_root={tmp_path / 'ds'}")
     prepared = prepare(cfg)
     eps = prepared.episodes

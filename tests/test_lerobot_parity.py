@@ -118,6 +118,21 @@ def test_train_init_from_a_lerobot_checkpoint_starts_from_its_weights(lerobot_ck
         check_init_from(wrong)
 
 
+def test_eval_runs_a_lerobot_checkpoint_on_a_lerobot_dataset(lerobot_ckpt, tmp_path):
+    from tune_app.inspection.evaluate import evaluate
+
+    root = tmp_path / "ds"
+    write_lerobot_dataset(root, make_demo(6, 20, (32, 48), num_cameras=2), fps=30)
+    data = [f"data.lerobot_root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_fraction=0.5"]
+    with pytest.raises(UserError, match="observation.images.front"):   # the checkpoint's camera names are not there
+        evaluate(lerobot_ckpt, overrides=data, latency_steps=2)
+    result = evaluate(lerobot_ckpt, overrides=[*data, "data.camera_keys=[observation.images.cam0, observation.images.cam1]"],
+                      latency_steps=2)
+    assert result.frames > 0 and np.isfinite(result.l1)
+    with pytest.raises(UserError, match="the policy takes 2"):
+        evaluate(lerobot_ckpt, overrides=[*data, "data.camera_keys=[observation.images.cam0]"], latency_steps=2)
+
+
 # ---------------------------------------------------------------- datasets
 
 

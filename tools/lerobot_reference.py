@@ -79,7 +79,7 @@ def _structured_backbone(model, gen) -> None:
     """Backbone weights that compress: kernel = pattern[in, k, k] * sign[out] * scale[out]; random BN buffers."""
     import torch
 
-    for name, module in model.model.backbone.named_modules():
+    for module in model.model.backbone.modules():
         if isinstance(module, torch.nn.Conv2d):
             out_ch, in_ch, kh, kw = module.weight.shape
             pattern = torch.randn(1, in_ch, kh, kw, generator=gen) * (2.0 / (in_ch * kh * kw)) ** 0.5

@@ -129,13 +129,11 @@ def _hold_dashboard(args: argparse.Namespace, conn, server=None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)                # a second Ctrl-C must not cut the shutdown short
 
 
-def _prepare_models(configs) -> None:
-    """Before Ray starts: the backbone weights are on this node, and every ``training.init_from`` checkpoint
-    loads and fits its trial's model (checked once per checkpoint and model shape)."""
-    from tune_app.policy import weights
+def _check_init_from(configs) -> None:
+    """Every ``training.init_from`` checkpoint loads and fits its trial's model (once per checkpoint and model
+    shape); read-only, so it comes before the data and weight caches are filled."""
     from tune_app.policy.checkpoint import ARCHITECTURE, check_init_from  # deferred: imports torch (seconds)
 
-    weights.prefetch(configs)
     seen = set()
     for cfg in configs:
         key = (cfg.training.init_from, *(getattr(cfg.model, k) for k in ARCHITECTURE))
@@ -153,6 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Deferred: torch and Ray Train take seconds to import; a mistake above is answered before.
     from tune_app import fastpath, tracking
     from tune_app.data import check_batches_fit, describe_source, ensure_data
+    from tune_app.policy import weights
     from tune_app.train import schedule
     from tune_app.trainable import MetricsFileCallback, fit_run
 
@@ -161,9 +160,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.mlflow.enabled:
         tracking.check_mlflow(tracking.mlflow_uri(cfg, out))
     _check_address(args)
+    _check_init_from([cfg])
     ensure_data(cfg)
     check_batches_fit([cfg])
-    _prepare_models([cfg])
+    weights.prefetch([cfg])
     tracking.prepare_environment(cfg, out)
 
     conn = _connect(args, _first_set(args.num_cpus, cfg.ray.num_cpus), storage=str(out.parent))
@@ -206,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Deferred: torch and Ray take seconds to import; a mistake in the sweep file is answered before.
     from tune_app import fastpath, tracking
     from tune_app.data import check_batches_fit, ensure_data
+    from tune_app.policy import weights
     from tune_app.sweep.run import run_sweep
 
     if sweep.base.mlflow.enabled:
@@ -224,10 +225,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from tune_app.inspection.evaluate import check_device  # deferred: imports torch (seconds)
 
         check_device(args.eval_device)
-    ensure_data(sweep.base)
     trial_configs = sweep.trial_configs()
+    _check_init_from(trial_configs)
+    ensure_data(sweep.base)
     check_batches_fit(trial_configs)
-    _prepare_models(trial_configs)
+    weights.prefetch(trial_configs)
     tracking.prepare_environment(sweep.base, run_dir)
     mode = fastpath.choose(sweep.base.ray.fast_start)
     if not mode.fast:
@@ -273,10 +275,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     sweep = load_resumable(args.run_dir)          # before Ray starts: is it a sweep at all?
     # Deferred: torch and Ray take seconds to import; a wrong folder is answered before.
     from tune_app import fastpath, tracking
+    from tune_app.policy import weights
     from tune_app.sweep.run import resume_sweep
 
     _check_address(args)
-    _prepare_models([sweep.base])
+    _check_init_from([sweep.base])
+    weights.prefetch([sweep.base])
     tracking.prepare_environment(sweep.base, sweep.run_dir)
     mode = fastpath.choose(sweep.base.ray.fast_start)
     if not mode.fast:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from tune_app.data.episodes import EpisodeSet
-from tune_app.errors import UserError
 from tune_app.data.lerobot import DEFAULT_VIDEO_PATH
+from tune_app.errors import UserError
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 

@@ -98,7 +98,13 @@ def evaluate(checkpoint: str | Path, data_config: str | None = None, overrides: 
         cfg.data, cfg.conventions = other.data, other.conventions
     if overrides:
         cfg = _with_data_overrides(cfg, overrides)
+    if cfg.data.lerobot_root and cfg.data.camera_keys is None and not (policy.path / "train_config.json").is_file():
+        cfg.data.camera_keys = list(policy.cameras)       # a LeRobot checkpoint on a LeRobot dataset: its cameras by name
     prepared = prepare(cfg)
+    if len(policy.cameras) not in (0, prepared.episodes.num_cameras):
+        raise UserError(f"{prepared.episodes.source}: {prepared.episodes.num_cameras} camera(s), but the policy takes "
+                        f"{len(policy.cameras)} ({', '.join(policy.cameras)}); pick them with data.camera_keys or "
+                        "data.camera_topics")
     if not prepared.val_ids:
         raise UserError(f"{prepared.episodes.source}: no validation episodes (data.val_fraction={cfg.data.val_fraction}); "
                         "set data.val_fraction > 0 with --override")

@@ -14,8 +14,8 @@ that a state dict maps one to one: LeRobot's names are ours with a ``model.`` pr
   positions to the cross-attention keys, a final LayerNorm; a linear action head;
 * Xavier-uniform initialisation of the encoder and decoder weights.
 
-Attention is computed without materialising the attention weights (LeRobot asks for them and drops
-them), which is where most of the speed difference on CPU comes from.
+Two things differ, for speed only: attention is computed without materialising the attention weights
+(LeRobot asks for them and drops them), and the backbone runs channels-last.
 
 Loss: L1 on the chunk + ``kl_weight * KL``. ``l1_reduction: mean`` averages over every element of the
 chunk with padded steps counted as zero (LeRobot's, and the original trainer's, which never padded);
@@ -190,6 +190,7 @@ class ACTPolicy(nn.Module):
                 nn.init.xavier_uniform_(p)
         if cfg.pretrained_backbone:
             load_pretrained(self.backbone, cfg.backbone_weights)
+        self.backbone.to(memory_format=torch.channels_last)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())
@@ -199,7 +200,8 @@ class ACTPolicy(nn.Module):
         if image.dim() == 4:
             image = image[:, None]
         b, cams = image.shape[:2]
-        feat = self.backbone(image.flatten(0, 1))                         # frozen BN: per-sample, so batched
+        # frozen BN: per sample, so the cameras share one call; channels-last convolutions are ~25 % faster on CPU
+        feat = self.backbone(image.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         pos = sine_2d(feat.shape[-2], feat.shape[-1], self.cfg.dim_model, feat.device).to(feat.dtype)
         feat = self.encoder_img_feat_input_proj(feat)                     # (B*cams, d, h, w)
         tokens = feat.unflatten(0, (b, cams)).flatten(3).permute(1, 3, 0, 2).flatten(0, 1)

@@ -158,13 +158,16 @@ def check_init_from(cfg: Config) -> None:
     """``training.init_from``'s checkpoint must exist, load, and have this config's model shape (before any write)."""
     if not cfg.training.init_from:
         return
-    directory, saved, _ = read_checkpoint(cfg.training.init_from)
-    for key in ARCHITECTURE:
-        ours, theirs = getattr(cfg.model, key), getattr(saved.model, key)
-        if ours != theirs:
-            raise UserError(f"training.init_from {directory}: its model.{key} is {theirs!r} but this config's is "
-                            f"{ours!r}; set model.{key}={theirs!r} to fine-tune from it")
-    load_state(ACTPolicy(saved.model), model_weights(directory), directory / lr.WEIGHTS)
+    try:
+        directory, saved, _ = read_checkpoint(cfg.training.init_from)
+        for key in ARCHITECTURE:
+            ours, theirs = getattr(cfg.model, key), getattr(saved.model, key)
+            if ours != theirs:
+                raise UserError(f"{directory}: its model.{key} is {theirs!r} but this config's is {ours!r}; "
+                                f"set model.{key}={theirs!r} to fine-tune from it")
+        load_state(ACTPolicy(saved.model), model_weights(directory), directory / lr.WEIGHTS)
+    except UserError as exc:
+        raise UserError(f"training.init_from: {exc}") from None
 
 
 def init_weights(model: ACTPolicy, path: str) -> None:

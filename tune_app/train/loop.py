@@ -42,7 +42,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from tune_app import fastpath
 from tune_app.config import Config
@@ -52,55 +52,14 @@ from tune_app.policy.act import ACTPolicy, act_loss
 from tune_app.policy.checkpoint import init_weights, load_training_state, save_pretrained, save_training_state
 from tune_app.policy.lerobot_format import model_state
 from tune_app.policy.manifest import is_complete, write_manifest
+from tune_app.train.batches import BatchStream, ShardedEpochSampler
+from tune_app.train.optim import build_optimizer
 from tune_app.train.schedule import build_scheduler
 from tune_app.train.session import RayTrainSession
 
 # DDP warns once per process that the 1x1 projection's gradient layout differs from its bucket
 # view; it is a memory-layout note about a tiny conv, not a correctness problem.
 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-
-
-class ShardedEpochSampler(Sampler[int]):
-    """Each rank's share of a seeded per-epoch permutation, resumable at a batch position.
-
-    Unlike ``DistributedSampler`` it can start mid-epoch, which makes a restarted run see exactly
-    the batches it would have seen without the interruption.
-    """
-
-    def __init__(self, size: int, rank: int, world_size: int, seed: int, batch_size: int):
-        self.per_rank = size // world_size
-        self.size, self.rank, self.world_size, self.seed, self.batch_size = size, rank, world_size, seed, batch_size
-        self.epoch = 0
-        self.start_batch = 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.per_rank // self.batch_size
-
-    def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.size, generator=gen)[: self.per_rank * self.world_size]
-        mine = perm[self.rank:: self.world_size]
-        return iter(mine[self.start_batch * self.batch_size:].tolist())
-
-    def __len__(self) -> int:
-        return self.per_rank - self.start_batch * self.batch_size
-
-
-class BatchStream:
-    """Endless training batches; ``epoch``/``batch`` say where the next one comes from."""
-
-    def __init__(self, loader: DataLoader, sampler: ShardedEpochSampler):
-        self.loader, self.sampler = loader, sampler
-        self.epoch, self.batch = 0, 0
-
-    def __iter__(self):
-        while True:
-            self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch
-            for batch in self.loader:
-                self.batch += 1
-                yield batch
-            self.epoch, self.batch = self.epoch + 1, 0
 
 
 def seed_everything(seed: int) -> None:
@@ -129,17 +88,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def build_optimizer(model: ACTPolicy, cfg: Config) -> torch.optim.AdamW:
-    """AdamW with two groups: the vision backbone at ``lr_backbone``, everything else at ``lr``."""
-    backbone = {id(p) for p in model.backbone_parameters()}
-    policy = [p for p in model.parameters() if id(p) not in backbone]
-    t = cfg.training
-    return torch.optim.AdamW(
-        [{"params": policy, "lr": t.lr, "name": "policy"},
-         {"params": model.backbone_parameters(), "lr": t.lr_backbone, "name": "backbone"}],
-        lr=t.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=t.weight_decay)
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
