@@ -20,6 +20,8 @@ steps done), ``epoch``, ``samples_per_s`` (all ranks), and the latest validation
 (wall seconds since then, validation and checkpoints included) and ``step_time_s`` (seconds
 inside optimizer steps, data loading included) measure start-up, throughput and efficiency;
 ``setup_s`` is the loop's own share of start-up (data, model, resume, first validation).
+``worker_pid`` and ``rss_mb`` say which process rank 0 runs in and its resident memory (a reused
+worker's growth from trial to trial shows there).
 
 Validation runs before the first step of a fresh run (reported at step 0), every
 ``training.eval_freq`` steps and at the end; checkpoints every ``training.save_freq`` and at the end.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import pickle
 import random
 import tempfile
@@ -120,6 +123,17 @@ def average_buffers(model: torch.nn.Module, world_size: int) -> None:
 
 
 @torch.no_grad()
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux ``/proc``; elsewhere the peak, from ``getrusage``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def param_spread(model: torch.nn.Module, device: torch.device, world_size: int) -> float:
     """Largest difference across ranks of a fingerprint of the weights and buffers (sum and sum of
     squares); 0 when every rank holds the identical model."""
@@ -265,7 +279,8 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
                    "lr_backbone": optimizer.param_groups[1]["lr"],
                    "samples_per_s": n * t.batch_size / max(elapsed, 1e-9), **last_val,
                    "first_step_at": first_step_at, "loop_time_s": time.perf_counter() - loop_start,
-                   "step_time_s": step_time, "setup_s": setup_s}
+                   "step_time_s": step_time, "setup_s": setup_s,
+                   "worker_pid": os.getpid(), "rss_mb": rss_mb()}     # rank 0's process: a reused worker's growth
         if save:
             metrics["param_spread"] = param_spread(model, device, world)
         if not all(math.isfinite(v) for v in (metrics["loss"],)):
