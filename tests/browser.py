@@ -35,6 +35,20 @@ class Browser:
             time.sleep(0.2)
         self.ws_url = pages[0]["webSocketDebuggerUrl"]
         self._ids = itertools.count(1)
+        self.wait_until("document.readyState === 'complete' && location.href.startsWith('http')", deadline - time.monotonic())
+
+    def wait_until(self, expression: str, timeout_s: float = 60) -> None:
+        """Poll until a JavaScript expression is true. Errors count as not yet: while the page navigates, the
+        document may have no body, or the context evaluated in is replaced by the page's own."""
+        deadline = time.monotonic() + max(timeout_s, 5)
+        while True:
+            try:
+                if self.eval(expression):
+                    return
+            except AssertionError:
+                pass
+            assert time.monotonic() < deadline, f"the page never made `{expression}` true"
+            time.sleep(0.3)
 
     async def _call(self, method: str, params: dict) -> dict:
         import aiohttp

@@ -126,10 +126,7 @@ def test_page_draws_rungs_importance_and_the_stopped_trial_in_chromium(served, c
     _, server = served
     browser = Browser(chromium, server.url)
     try:
-        deadline = time.monotonic() + 60
-        while browser.eval("document.body.dataset.rendered") != "ok":
-            assert time.monotonic() < deadline, "the page did not render"
-            time.sleep(0.3)
+        browser.wait_until("document.body.dataset.rendered === 'ok'", 60)
         assert browser.eval("document.body.dataset.errors || ''") == ""
         assert browser.eval("document.querySelectorAll('#rungs .rung').length") == 1
         assert "stopped at rung 1 (step 2): val_loss 0.881, cut-off 0.6" in browser.eval("document.getElementById('trials').innerText")

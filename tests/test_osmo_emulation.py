@@ -55,7 +55,7 @@ def _events(run_dir: Path) -> list[dict]:
 def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restart_and_delivers(tmp_path, capsys):
     t0 = time.monotonic()
     SPACE.write_text(SPACE_TEXT)
-    tmp_head, tmp_worker = short_tmp(), short_tmp()
+    tmp_head, tmp_worker, tmp_head2, tmp_head3 = short_tmp(), short_tmp(), short_tmp(), short_tmp()
     tasks = []
     try:
         # The robot's data as a user uploads it: bags in a subfolder of the dataset.
@@ -87,11 +87,8 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
                       "JOIN_RETRY_S": "1", "RAY_START_ARGS": f"{common} --node-manager-port={free_port()}"}
         logs = tmp_path / "logs"
         logs.mkdir()
-        # Each "pod" gets its own PID namespace, as on OSMO: `ray start --head` refuses to start when it sees a
-        # raylet that points at its address, and the worker's raylet outlives a killed head by up to 15 s.
-        pod = isolated()
-        start(worker, worker_env, wrap=pod, log=logs / "worker.log")
-        start(head, head_env, wrap=pod, log=logs / "head.log")
+        start(worker, worker_env, wrap=isolated(), log=logs / "worker.log")
+        start(head, head_env, log=logs / "head.log")
         run_dir = shared / head.env["SWEEP_NAME"]
 
         # Kill the head once a trial has finished and another has a checkpoint.
@@ -112,7 +109,11 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
         head.proc.wait(timeout=60)
         assert head.proc.returncode == -signal.SIGKILL
 
-        start(head, head_env, wrap=pod, log=logs / "head.log")             # OSMO reschedules it, same environment
+        # OSMO reschedules it: the same environment in a new pod, whose /tmp is empty. (With the old /tmp, `ray start
+        # --head` finds the last cluster's address there and refuses to start while the worker's raylet, which
+        # outlives a killed head by up to 15 s, still names that address.)
+        head_env = {**head_env, "RAY_TMPDIR": str(tmp_head2)}
+        start(head, head_env, log=logs / "head.log")
         assert head.proc.wait(timeout=900) == 0, (logs / "head.log").read_text()[-5000:]
         head_log = (logs / "head.log").read_text()
         assert "resuming it" in head_log and "Traceback" not in head_log
@@ -134,10 +135,10 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
         assert list((run_dir / "wandb").glob("offline-run-*")) and list((head.output / "wandb").glob("offline-run-*"))
 
         # A resubmit with an edited search space must not resume the old sweep (on a fresh head "pod").
-        for pid in pids_matching(str(tmp_head)):
+        for pid in pids_matching(str(tmp_head2)):
             os.kill(pid, signal.SIGKILL)
         SPACE.write_text(SPACE_TEXT.replace("5.0e-4]", "5.0e-4, 7.0e-4]"))
-        start(head, {**head_env, "NUM_WORKERS": "0"}, wrap=pod, log=logs / "head-edited.log")
+        start(head, {**head_env, "NUM_WORKERS": "0", "RAY_TMPDIR": str(tmp_head3)}, log=logs / "head-edited.log")
         assert head.proc.wait(timeout=300) == 2
         edited = (logs / "head-edited.log").read_text()
         assert "--resume-existing" in edited and "--overwrite" in edited and "Traceback" not in edited
@@ -147,4 +148,4 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
         SPACE.unlink(missing_ok=True)
         for task in tasks:
             kill_group(task.proc)
-        stop([str(tmp_head), str(tmp_worker)], [t.proc for t in tasks if t.proc is not None])
+        stop([str(tmp_head), str(tmp_head2), str(tmp_head3), str(tmp_worker)], [t.proc for t in tasks if t.proc is not None])
