@@ -115,4 +115,5 @@ def test_sweep_trials_train_from_the_downloaded_weights(served, tmp_path):
     assert len(checkpoints) == 2
     for path in checkpoints:
         trained = load_file(str(path))
-        assert torch.equal(trained["backbone.layer2.0.conv1.weight"], state["layer2.0.conv1.weight"])
+        assert torch.equal(trained["model.backbone.layer2.0.conv1.weight"], state["layer2.0.conv1.weight"])   # LeRobot's names
+        assert torch.equal(trained["model.backbone.layer2.0.bn1.running_var"], state["layer2.0.bn1.running_var"])  # frozen
