@@ -32,7 +32,7 @@ from tune_app.checks import check_writable_file
 from tune_app.config import build_config, load_config, parse_override
 from tune_app.data import ChunkDataset, prepare
 from tune_app.errors import UserError
-from tune_app.policy.checkpoint import load_policy, pretrained_dir
+from tune_app.policy.checkpoint import TRAIN_CONFIG, load_policy, pretrained_dir
 from tune_app.policy.ensemble import LEROBOT_DEFAULT_COEFF, executed_actions
 
 
@@ -98,7 +98,7 @@ def evaluate(checkpoint: str | Path, data_config: str | None = None, overrides: 
         cfg.data, cfg.conventions = other.data, other.conventions
     if overrides:
         cfg = _with_data_overrides(cfg, overrides)
-    if cfg.data.lerobot_root and cfg.data.camera_keys is None and not (policy.path / "train_config.json").is_file():
+    if cfg.data.lerobot_root and cfg.data.camera_keys is None and not (policy.path / TRAIN_CONFIG).is_file():
         cfg.data.camera_keys = list(policy.cameras)       # a LeRobot checkpoint on a LeRobot dataset: its cameras by name
     prepared = prepare(cfg)
     if len(policy.cameras) not in (0, prepared.episodes.num_cameras):

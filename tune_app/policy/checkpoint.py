@@ -73,8 +73,8 @@ def export_lerobot(checkpoint: str | Path, out: str | Path) -> Path:
     load_policy(directory)                          # refuses an old-layout or damaged checkpoint, before writing
     out = Path(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir(parents=True)                         # outside the try: a folder that was already there is not ours
     try:
-        tmp.mkdir(parents=True)
         for name in lr.FILES:
             shutil.copy2(directory / name, tmp / name)
         os.replace(tmp, out)
