@@ -56,6 +56,7 @@ from tune_app.policy.checkpoint import init_weights, load_training_state, save_p
 from tune_app.policy.lerobot_format import model_state
 from tune_app.policy.manifest import is_complete, write_manifest
 from tune_app.train.batches import BatchStream, ShardedEpochSampler
+from tune_app.train.memory import release_memory, rss_mb
 from tune_app.train.optim import build_optimizer
 from tune_app.train.schedule import build_scheduler
 from tune_app.train.session import RayTrainSession
@@ -120,18 +121,6 @@ def average_buffers(model: torch.nn.Module, world_size: int) -> None:
             for buf in (module.running_mean, module.running_var):
                 dist.all_reduce(buf)
                 buf /= world_size
-
-
-@torch.no_grad()
-def rss_mb() -> float:
-    """This process's resident memory in MB (Linux ``/proc``; elsewhere the peak, from ``getrusage``)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def param_spread(model: torch.nn.Module, device: torch.device, world_size: int) -> float:
@@ -357,5 +346,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if loop_config.get("log_name"):
         fastpath.name_logs(loop_config["log_name"])
     cfg: Config = loop_config["config"]
-    run(cfg, RayTrainSession(cfg.training.device, cfg.ray.cpus_per_worker), progress=bool(loop_config.get("progress")))
+    try:
+        run(cfg, RayTrainSession(cfg.training.device, cfg.ray.cpus_per_worker), progress=bool(loop_config.get("progress")))
+    finally:
+        release_memory()           # a kept worker starts its next trial without this one's freed heap
 
