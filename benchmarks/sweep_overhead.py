@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Where a trial's start-up goes, trial start -> first optimizer step (means over cold and over warm trials):
+PARTS = {"process": "Ray starts the rank-0 worker process (placement group, actor; 0 when reused)",
+         "ready": "that process gets to the loop (imports, Train context, process group)",
+         "data": "the loop prepares data (cached: opens it)", "model": "builds model and optimizer",
+         "val0": "step-0 validation and its report"}
 
 
 def measure(mode: str, steps: int, workers: int, storage: str) -> dict:
@@ -53,18 +58,25 @@ def measure(mode: str, steps: int, workers: int, storage: str) -> dict:
         e = json.loads(line)
         if e["event"] == "start":
             starts.setdefault(e["trial_id"], e["time"])
-    startup, setup, step_time = {}, [], 0.0
+    startup, setup, parts, step_time = {}, [], {"cold": [], "warm": []}, 0.0
     for result in run_dir.glob("*/result.json"):
         records = [json.loads(x) for x in result.read_text().splitlines()]
         final = [r for r in records if "first_step_at" in r][-1]
-        startup[final["trial_id"]] = final["first_step_at"] - starts[final["trial_id"]]
+        start = starts[final["trial_id"]]
+        startup[final["trial_id"]] = final["first_step_at"] - start
         setup.append(final["setup_s"])
         step_time += final["step_time_s"]
+        made = max(final["process_started_at"], start)                # a kept worker's process predates its trial
+        parts["cold" if final["process_started_at"] > start else "warm"].append(
+            {"process": made - start, "ready": final["entered_at"] - made, "data": final["setup_data_s"],
+             "model": final["setup_model_s"], "val0": final["setup_val_s"]})
     each = [startup[t] for t in sorted(startup, key=starts.get)]       # in the order the trials started
     startup = list(startup.values())
     return {"mode": mode, "trials": len(startup), "startup_each": each, "startup_median": statistics.median(startup),
             "startup_max": max(startup), "loop_setup_median": statistics.median(setup), "wall": wall, "slots": slots,
-            "step_time": step_time, "efficiency": step_time / (wall * slots)}
+            "step_time": step_time, "efficiency": step_time / (wall * slots),
+            "parts": {k: {p: statistics.mean(x[p] for x in v) for p in PARTS} for k, v in parts.items() if v},
+            "count": {k: len(v) for k, v in parts.items()}}
 
 
 def main() -> None:
@@ -93,6 +105,11 @@ def main() -> None:
     for r in results.values():
         print(f"{r['mode']:10} {r['startup_median']:15.2f}s {r['startup_max']:12.2f}s {r['loop_setup_median']:13.2f}s {r['wall']:8.1f} {r['slots']:6d} "
               f"{r['step_time']:7.1f} {r['efficiency']:11.3f}")
+    for r in results.values():
+        for kind, mean in r["parts"].items():
+            print(f"{r['mode']:10} {kind} start ({r['count'][kind]} trials), mean seconds: "
+                  + ", ".join(f"{p} {mean[p]:.2f}" for p in PARTS) + f" = {sum(mean.values()):.2f}")
+    print("  " + "; ".join(f"{p}: {text}" for p, text in PARTS.items()))
     for r in results.values():
         print(f"{r['mode']:10} start-up of each trial, in start order: {' '.join(f'{x:.2f}s' for x in r['startup_each'])}")
     if {"fast", "stock"} <= results.keys():

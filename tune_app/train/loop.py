@@ -19,7 +19,9 @@ steps done), ``epoch``, ``samples_per_s`` (all ranks), and the latest validation
 ``first_step_at`` (unix time the first optimizer step of this start began), ``loop_time_s``
 (wall seconds since then, validation and checkpoints included) and ``step_time_s`` (seconds
 inside optimizer steps, data loading included) measure start-up, throughput and efficiency;
-``setup_s`` is the loop's own share of start-up (data, model, resume, first validation).
+``setup_s`` is the loop's own share of start-up, split into ``setup_data_s`` (data), ``setup_model_s``
+(model, optimizer, resume) and ``setup_val_s`` (step-0 validation and its report); ``entered_at`` and
+``process_started_at`` (unix times the loop was entered and its process started) place the rest.
 ``worker_pid`` and ``rss_mb`` say which process rank 0 runs in and its resident memory (a reused
 worker's growth from trial to trial shows there).
 
@@ -56,8 +58,8 @@ from tune_app.policy.checkpoint import init_weights, load_training_state, save_p
 from tune_app.policy.lerobot_format import model_state
 from tune_app.policy.manifest import is_complete, write_manifest
 from tune_app.train.batches import BatchStream, ShardedEpochSampler
-from tune_app.train.memory import release_memory, rss_mb
 from tune_app.train.optim import build_optimizer
+from tune_app.train.process import release_memory, rss_mb, started_at
 from tune_app.train.schedule import build_scheduler
 from tune_app.train.session import RayTrainSession
 
@@ -197,7 +199,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
 
     With ``progress``, rank 0 prints one line per report (step, losses, lr, samples/s, ETA).
     """
-    entered = time.perf_counter()
+    entered, entered_at = time.perf_counter(), time.time()
     t, rank, world, device = cfg.training, session.rank, session.world_size, session.device
     seed_everything(t.seed + rank)
 
@@ -211,6 +213,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
                         num_workers=t.num_workers, persistent_workers=t.num_workers > 0,
                         pin_memory=device.type == "cuda")
     stream = BatchStream(loader, sampler)
+    data_ready = time.perf_counter()
 
     model = ACTPolicy(cfg.model)
     if t.init_from:
@@ -222,6 +225,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
     ddp = DistributedDataParallel(model) if world > 1 else model   # broadcasts rank 0's weights
     use_bf16 = t.precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    model_ready = time.perf_counter()
 
     last_val = validate(model, val_ds, cfg, device, rank, world, autocast) if len(val_ds) else {}
     metrics: dict[str, Any] = {}
@@ -238,6 +242,9 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
         step_start = time.perf_counter()
         if first_step_at is None:
             first_step_at, loop_start, setup_s = time.time(), step_start, step_start - entered
+            # Where a start's seconds went: process start -> loop entered -> data -> model -> step-0 validation.
+            start_up = {"process_started_at": started_at(), "entered_at": entered_at, "setup_data_s": data_ready - entered,
+                        "setup_model_s": model_ready - data_ready, "setup_val_s": step_start - model_ready}
         batch = _to(next(batches), device)
         with autocast():
             pred, latent = ddp(batch["state"], batch["image"], batch["action"], batch["action_is_pad"])
@@ -268,7 +275,7 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
                    "lr_backbone": optimizer.param_groups[1]["lr"],
                    "samples_per_s": n * t.batch_size / max(elapsed, 1e-9), **last_val,
                    "first_step_at": first_step_at, "loop_time_s": time.perf_counter() - loop_start,
-                   "step_time_s": step_time, "setup_s": setup_s,
+                   "step_time_s": step_time, "setup_s": setup_s, **start_up,
                    "worker_pid": os.getpid(), "rss_mb": rss_mb()}     # rank 0's process: a reused worker's growth
         if save:
             metrics["param_spread"] = param_spread(model, device, world)

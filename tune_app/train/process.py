@@ -1,4 +1,5 @@
-"""A worker process's memory: what it holds (``rss_mb``) and handing back what a finished run freed.
+"""The process a run trains in: its age (``started_at``), its memory (``rss_mb``) and handing back what
+a finished run freed (``release_memory``).
 
 A kept Ray Train worker runs one trial after another. Each run's model, optimizer and batches are
 freed when it ends (nothing of them stays reachable), but glibc's allocator keeps the freed pages
@@ -26,6 +27,19 @@ def rss_mb() -> float:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def started_at() -> float | None:
+    """Unix time this process started (Linux ``/proc``; None elsewhere): a cold trial's start-up
+    splits at it into "Ray made the process" and "the process got ready"."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])        # field 22, after the command name
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _malloc_trim():
