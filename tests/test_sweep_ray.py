@@ -91,12 +91,12 @@ def test_run_resume_existing_continues_instead_of_starting_over(grid_run):
     assert len(load_run(run_dir).trials) == 6
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "stock"])
-def test_asha_stops_a_weak_trial_early(ray_local, tmp_path, fast):
+@pytest.mark.parametrize(("fast", "workers"), [(True, 1), (True, 2), (False, 1)], ids=["fast", "fast-ddp", "stock"])
+def test_asha_stops_a_weak_trial_early(ray_local, tmp_path, fast, workers):
     space = grid_space(tmp_path, "asha", [3.0e-4, 1.0e-3, 1.0e-8, 1.0e-9],
                        "early_terminate: {type: hyperband, min_iter: 10, eta: 2, max_iter: 30}\nray: {max_concurrent_trials: 1}")
     overrides = ["training.steps=30", "training.log_freq=10", "training.eval_freq=10", "training.save_freq=10",
-                 "training.val_batches=2", "data.demo_episodes=12", "data.demo_episode_len=30"]
+                 "training.val_batches=2", "data.demo_episodes=12", "data.demo_episode_len=30", f"ray.num_workers={workers}"]
     mode = fastpath.Mode(fast, "" if fast else "test")
     summary = run_sweep(load_sweep(space, overrides=overrides, storage_path=str(tmp_path)), ray_local, mode=mode)
     steps = {t["params"]["training.lr"]: t["last_step"] for t in summary["trials"]}
@@ -106,12 +106,14 @@ def test_asha_stops_a_weak_trial_early(ray_local, tmp_path, fast):
     assert "STOPPED EARLY" in render_table(load_run(tmp_path / "asha"))
     if not fast:
         return
-    # Early-stopped runs were aborted in place: the one trial process went on to run every later trial;
-    # a finished run's worker is kept for the next trial, an aborted run's is not (a new one follows it).
+    # An early-stopped run ends at its workers' next step (DDP: every rank at the same one) instead of
+    # being aborted, so the one trial process ran every trial on the same warm workers.
     assert len(_trial_pids(tmp_path / "asha")) == 1
-    stopped = sum(t["state"] == "STOPPED EARLY" for t in summary["trials"])
-    workers = _trial_pids(tmp_path / "asha", "worker_pid")
-    assert len(workers) <= 1 + stopped and len(workers) < len(summary["trials"])
+    assert len(_trial_pids(tmp_path / "asha", "worker_pid")) == 1
+    for t in summary["trials"]:                              # a stopped run saved nothing after its rung
+        if t["state"] == "STOPPED EARLY":
+            saved = sorted(p.name for p in (tmp_path / "asha" / "trials" / f"train-{t['trial_id']}").glob("checkpoint_0*"))
+            assert saved and saved[-1] == f"checkpoint_{t['last_step']:06d}", (t, saved)
 
 
 def _events(run_dir):

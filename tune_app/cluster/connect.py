@@ -32,6 +32,10 @@ RAY_ENV_DEFAULTS = {
     "RAY_AIR_NEW_OUTPUT": "1",
     # Train's print patch sends each print of rank 0 through a logger and to stdout: printed twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # How long Tune waits for a reused trial process's previous trial to end (2 s by default); a
+    # stopped fast-mode run ends at its workers' next step within it and keeps them warm
+    # (tune_app/fastpath/graceful_stop.py), so a DDP run or a slow step gets more than 2 s.
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "10",
 }
 
 

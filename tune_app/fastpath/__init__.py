@@ -106,6 +106,16 @@ def _settle_stock_reports() -> None:
         wait_for_stock_reports()
 
 
+def stop_requested() -> bool:
+    """In a Train worker: whether Tune stopped this trial and the run should end after this step
+    (fast mode asks, :mod:`tune_app.fastpath.graceful_stop`; nothing asks in stock mode)."""
+    if ray_series() not in TESTED_RAY:
+        return False
+    from tune_app.fastpath.graceful_stop import requested  # deferred: private Ray names, tested series only
+
+    return requested()
+
+
 def trainer_cls(mode: Mode) -> type:
     """The ``TorchTrainer`` of a run outside Tune (``tune_app train``)."""
     if mode.fast:

@@ -16,7 +16,7 @@ EXPECTED_METHODS = {
     "ray.tune.execution.tune_controller.TuneController": ("add_trial", "_set_trial_status", "checkpoint"),
     "ray.train.v2._internal.execution.worker_group.worker_group.WorkerGroup": (
         "_start_impl", "_create_placement_group", "_create_workers", "_assign_worker_ranks", "shutdown",
-        "get_latest_poll_status", "get_worker_group_state"),
+        "get_latest_poll_status", "get_worker_group_state", "has_started", "get_workers"),
     "ray.train.v2._internal.execution.controller.TrainController": ("run", "get_result", "get_state", "_set_state"),
     "ray.train.torch.TorchTrainer": ("_create_default_callbacks", "_initialize_and_run_controller"),
     "ray.air.integrations.wandb.WandbLoggerCallback": ("_cleanup_logging_actor", "_signal_logging_actor_stop",

@@ -6,8 +6,9 @@ DDP backend and loop, and removes the processes that do no work here:
 
 * no dataset manager (tune_app feeds workers from its own cache, never Ray Data);
 * inside a trial, the Train controller runs in the trial's process and reports with
-  ``tune.report`` (no controller actor, no Train->Tune queue actor); a trial Tune stops is
-  aborted the way Train's own ``abort`` does it, so the process is free at once;
+  ``tune.report`` (no controller actor, no Train->Tune queue actor); a trial Tune stops ends at its
+  workers' next step (:mod:`tune_app.fastpath.graceful_stop`), else it is aborted the way Train's
+  own ``abort`` does it, so the process is free at once;
 * one placement-group janitor per sweep (:mod:`tune_app.fastpath.janitor`) instead of a
   cleaner actor per run;
 * warm workers between a trial process's runs (:mod:`tune_app.fastpath.warm_workers`).
@@ -33,7 +34,7 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.controller.state import AbortedState
 
-from tune_app.fastpath import TrialHooks
+from tune_app.fastpath import TrialHooks, graceful_stop
 from tune_app.fastpath.janitor import JanitorCallback, start_janitor
 from tune_app.fastpath.tune_state import durable_state
 from tune_app.fastpath.warm_workers import WarmWorkerGroup
@@ -103,6 +104,12 @@ async def _run_until_stopped(controller: TrainController, stop: TrialStop, poll_
     while not run.done():
         await asyncio.wait({run}, timeout=poll_s)
         if stop.is_set() and not run.done() and not controller.get_state().is_terminal():
+            # First ask the workers to end their loop: a run that ends by itself keeps its workers warm.
+            if graceful_stop.request(controller):
+                await asyncio.wait({run}, timeout=graceful_stop.grace_s())
+                if run.done():
+                    run.result()
+                    return
             _abort(controller)
             # The control loop would now call exit_actor() (it expects its own actor): end it here.
             run.cancel()

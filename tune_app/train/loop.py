@@ -27,6 +27,8 @@ worker's growth from trial to trial shows there).
 
 Validation runs before the first step of a fresh run (reported at step 0), every
 ``training.eval_freq`` steps and at the end; checkpoints every ``training.save_freq`` and at the end.
+A run whose trial Tune stopped (``session.stop_requested()``) ends after the current step (with DDP:
+within ``STOP_POLL_STEPS``, every rank at the same step) without a further report or checkpoint.
 """
 
 from __future__ import annotations
@@ -175,6 +177,20 @@ def validate(model: ACTPolicy, dataset: ChunkDataset, cfg: Config, device: torch
     return {"val_loss": sums[0] / elements, "val_l1": sums[1] / elements, "val_kl": sums[2] / samples}
 
 
+STOP_POLL_STEPS = 4     # with DDP, ranks vote on a stop every this many steps (one tiny all-reduce)
+
+
+def _stop_agreed(session, step: int, device: torch.device, world: int) -> bool:
+    """Whether to end the run after this step because Tune stopped the trial. One process decides
+    alone; DDP ranks vote every ``STOP_POLL_STEPS`` steps so they all stop at the same step (a rank
+    that stopped alone would leave the others waiting in the next gradient all-reduce)."""
+    if world == 1:
+        return session.stop_requested()
+    if step % STOP_POLL_STEPS:
+        return False
+    return all_reduce_sum([float(session.stop_requested())], device, world)[0] > 0
+
+
 def _due(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
 
@@ -262,9 +278,14 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
 
         evaluate, save = _due(step, t.eval_freq, t.steps), _due(step, t.save_freq, t.steps)
         if not (evaluate or save or _due(step, t.log_freq, t.steps)):
+            if _stop_agreed(session, step, device, world):
+                break                      # Tune stopped the trial: end now, cleanly (its workers stay warm)
             continue
         elapsed = time.perf_counter() - window_start
-        sums = all_reduce_sum(window.tolist(), device, world)
+        # At a report the stop vote rides in the metrics' all-reduce.
+        *sums, stop = all_reduce_sum([*window.tolist(), float(session.stop_requested())], device, world)
+        if stop:
+            break
         n = window_steps * world
         if evaluate or save:
             average_buffers(model, world)

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from tune_app import fastpath
+
 
 def pick_device(requested: str, assigned: torch.device | None = None) -> torch.device:
     """``training.device`` -> a torch device; ``cuda`` falls back to CPU when no GPU is visible."""
@@ -63,6 +65,10 @@ class RayTrainSession:
         return [(name, ckpt.as_directory)] + [
             (n, checkpoint(f"{parent}/{n}", filesystem=ckpt.filesystem).as_directory) for n in older]
 
+    def stop_requested(self) -> bool:
+        """Tune stopped this trial: the loop ends after this step (all ranks at the same one)."""
+        return fastpath.stop_requested()
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
         if self.rank == 0:      # where rank 0 ran: `status`/results show how a sweep spread and reused workers
             metrics = {**metrics, "node_id": self._node_id, "worker_pid": os.getpid()}
@@ -88,6 +94,9 @@ class LocalSession:
 
         existing = sorted(self.output_dir.glob("checkpoint_*"), reverse=True)
         return [(p.name, lambda p=p: nullcontext(str(p))) for p in existing]
+
+    def stop_requested(self) -> bool:
+        return False
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
         self.reports.append(dict(metrics))
