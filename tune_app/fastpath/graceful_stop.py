@@ -3,11 +3,11 @@
 When Tune stops a trial mid-run (ASHA at a rung, a stopper), Train's ``abort`` kills the run's
 workers: the next trial then starts cold (seconds of imports and process start-up) where it could
 have started on warm workers in about one. Instead, the trial's controller first asks each worker to
-end its loop (:func:`request`): the loop checks :func:`requested` after every optimizer step (every
-report when it runs DDP, so all ranks stop at the same step), returns, and the run finishes cleanly;
-a cleanly finished group is kept (:mod:`tune_app.fastpath.warm_workers`). If the run has not ended
-within the grace Tune gives a reused trial process (``TUNE_FUNCTION_THREAD_TIMEOUT_S``, 2 s by
-default), it is aborted as before.
+end its loop (:func:`request`): the loop checks :func:`requested` after every optimizer step (with
+DDP the ranks vote every few steps, so all stop at the same one), returns, and the run finishes
+cleanly; a cleanly finished group is kept (:mod:`tune_app.fastpath.warm_workers`). If the run has not
+ended within the grace Tune gives a reused trial process (``TUNE_FUNCTION_THREAD_TIMEOUT_S``: Ray's
+default 2 s, tune_app's 10 s), it is aborted as before.
 
 A stop names its run (the Train run's name, the trial's), so a late request never stops the next
 run a kept worker starts.
@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import ray
-from ray.train.v2._internal.execution.controller import TrainController
+
+if TYPE_CHECKING:   # the worker side imports no private Ray name: it also runs when stock mode was chosen
+    from ray.train.v2._internal.execution.controller import TrainController
 
 log = logging.getLogger("tune_app.fastpath.graceful_stop")
 
