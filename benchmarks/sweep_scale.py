@@ -105,7 +105,8 @@ def measure(mode: str, scheduler: str, trials: int, steps: int, storage: str) ->
 def rss_line(pid: str, values: list[float]) -> str:
     marks = [i for i in (1, 5, 10, 20, 50, 100, 200, 500) if i <= len(values)]
     text = ", ".join(f"after {i}: {values[i - 1]:.0f} MB" for i in marks)
-    growth = f"; trial {marks[-1]} / trial 5: {values[marks[-1] - 1] / values[4]:.3f}" if len(values) >= 5 else ""
+    growth = "".join(f"; trial {i} / trial 5: {values[i - 1] / values[4]:.3f}" for i in sorted({min(50, marks[-1]), marks[-1]})
+                     if len(values) >= 5)
     return f"    worker {pid} ({len(values)} trials): {text}{growth}"
 
 
