@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,14 +106,15 @@ def _settle_stock_reports() -> None:
         wait_for_stock_reports()
 
 
-def stop_requested() -> bool:
-    """In a Train worker: whether Tune stopped this trial and the run should end after this step
-    (fast mode asks, :mod:`tune_app.fastpath.graceful_stop`; nothing asks in stock mode)."""
+def stop_check() -> Callable[[], bool]:
+    """In a Train worker: the check, called after every step, of whether Tune stopped this trial and the
+    run should end (fast mode asks, :mod:`tune_app.fastpath.graceful_stop`; nothing asks in stock mode).
+    Resolved once per run, so the hot loop pays only the call."""
     if ray_series() not in TESTED_RAY:
-        return False
+        return lambda: False
     from tune_app.fastpath.graceful_stop import requested  # deferred: private Ray names, tested series only
 
-    return requested()
+    return requested
 
 
 def trainer_cls(mode: Mode) -> type:

@@ -41,6 +41,7 @@ class RayTrainSession:
 
         self._train = ray.train
         self._node_id = ray.get_runtime_context().get_node_id()
+        self._stop_check = fastpath.stop_check()
         ctx = ray.train.get_context()
         self.rank, self.world_size, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
         assigned = ray.train.torch.get_device() if torch.cuda.is_available() else None
@@ -67,7 +68,7 @@ class RayTrainSession:
 
     def stop_requested(self) -> bool:
         """Tune stopped this trial: the loop ends after this step (all ranks at the same one)."""
-        return fastpath.stop_requested()
+        return self._stop_check()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, step: int) -> None:
         if self.rank == 0:      # where rank 0 ran: `status`/results show how a sweep spread and reused workers
