@@ -135,3 +135,29 @@ def test_stock_mode_uses_rays_own_classes():
     assert issubclass(fastpath.trainer_cls(fast), TorchTrainer) and fastpath.trainer_cls(fast) is not TorchTrainer
     assert issubclass(fastpath.wandb_callback_cls(fast), WandbLoggerCallback)
     assert issubclass(fastpath.mlflow_callback_cls(fast), MLflowLoggerCallback)
+
+
+def test_rays_transient_resource_request_warning_is_one_line_and_other_tracebacks_stay():
+    """Under CPU load the Train controller's resource request times out and Ray logs "safe to ignore"
+    with a traceback each time; where the controller runs in the trial process, that is one line."""
+    import io
+
+    compat.one_line_transient_warnings()
+    compat.one_line_transient_warnings()                         # idempotent: one filter
+    logger = logging.getLogger(compat.RESOURCE_REQUEST_LOGGERS[0])
+    assert sum(type(f).__name__ == "_OneLineTransientWarning" for f in logger.filters) == 1
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    try:
+        for text in ("Failed to send resource request for train-1. If this only happens transiently during network "
+                     "partition or CPU being overloaded, it's safe to ignore this error.", "a real problem"):
+            try:
+                raise TimeoutError("Get timed out: some object(s) not ready.")
+            except TimeoutError:
+                logger.warning(text, exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    first, rest = out.getvalue().split("\n", 1)
+    assert "safe to ignore" in first and first.endswith("(TimeoutError: Get timed out: some object(s) not ready.)")
+    assert rest.startswith("a real problem\nTraceback (most recent call last):") and rest.count("Traceback") == 1

@@ -120,6 +120,9 @@ def test_rendered_workflow_runs_a_sweep_on_the_input_data_survives_a_head_restar
 
         run = load_run(run_dir)
         assert [t.state for t in run.trials] == ["TERMINATED"] * 3
+        # Each trial's curve reaches its end, whether it finished, was interrupted, or was resumed from its
+        # final checkpoint (the head died before it heard the last report).
+        assert [t.last_step for t in run.trials] == [160] * 3, [(t.trial_id, t.last_step) for t in run.trials]
         starts = [e["trial_id"] for e in _events(run_dir) if e["event"] == "start"]
         for trial_id in finished_before:
             assert starts.count(trial_id) == 1, f"finished trial {trial_id} ran again"

@@ -31,3 +31,14 @@ def test_a_damaged_trial_list_is_one_line_naming_it(tmp_path):
     out = run_cli("status", str(tmp_path))
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert trials_file.name in out.stderr and "damaged" in out.stderr
+
+
+def test_a_resumed_trials_curve_joins_the_rows_before_and_after_the_resume():
+    """A run resumed from its step-20 checkpoint reports 30.. again; the rows it went back over (30, 40) go."""
+    from tune_app.sweep.results import continuous
+
+    rows = [{"step": s, "run": 1} for s in (0, 10, 20, 30, 40)] + [{"step": s, "run": 2} for s in (30, 40, 50)]
+    assert [(r["step"], r["run"]) for r in continuous(rows)] == [(0, 1), (10, 1), (20, 1), (30, 2), (40, 2), (50, 2)]
+    resumed_at_end = [{"step": s} for s in (0, 10, 20)] + [{"step": 20, "final": True}]
+    assert continuous(resumed_at_end)[-1] == {"step": 20, "final": True} and len(continuous(resumed_at_end)) == 3
+    assert continuous([{"x": 1}, {"step": 0}, {"x": 2}]) == [{"x": 1}, {"step": 0}, {"x": 2}]

@@ -123,6 +123,16 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint_and_says_which(tmp_
     assert [r["step"] for r in session.reports] == [20, 30]
 
 
+def test_a_run_resumed_from_its_final_checkpoint_reports_where_it_ended(tmp_path):
+    """The driver can die after the last checkpoint but before it heard the last report: the resumed
+    run has no step left, and its one report (step = the end, validation metrics) is the trial's last row."""
+    out = tmp_path / "run"
+    first = _train(out, 20)
+    again = _train(out, 20)
+    assert [r["step"] for r in again.reports] == [20] and not again.checkpoints
+    assert again.reports[0]["val_loss"] == pytest.approx(first.reports[-1]["val_loss"], rel=1e-5)
+
+
 def test_resume_skips_a_checkpoint_whose_state_would_run_code(tmp_path, capsys):
     """state.pt loads with weights_only: a pickle that runs code on load is refused, not executed."""
     out = tmp_path / "run"

@@ -144,10 +144,12 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, fast):
             time.sleep(0.5)
         during = run_cli("status", str(run_dir))
     finally:
+        killed_at = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert during.returncode == 0 and "TERMINATED" in during.stdout
     finished, interrupted = done.pop(), second[0]
+    before = next(t for t in load_run(run_dir).trials if t.trial_id == interrupted).history   # as stored at the kill
 
     again = run_cli(*args, env=env)
     assert again.returncode == 2 and "resume" in again.stderr          # no silent mixing
@@ -160,8 +162,12 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, fast):
     assert starts.count(interrupted) == 2                               # restarted once ...
     run = load_run(run_dir)
     trial = next(t for t in run.trials if t.trial_id == interrupted)
-    steps = [r["step"] for r in trial.history]                          # Tune restarts the trial's results file
-    assert 0 not in steps and steps[0] >= 30 and steps[-1] == 80        # ... from its checkpoint (>= 20), not step 0
+    steps = [r["step"] for r in trial.history]
+    assert steps == sorted(set(steps)) and steps[-1] == 80              # one curve, to the end ...
+    after = [r for r in trial.history if r["timestamp"] > killed_at]
+    assert after and after[0]["step"] >= 30                         # ... continued from its checkpoint (>= 20) ...
+    kept = [r for r in trial.history if r["timestamp"] <= killed_at]    # ... after what was stored before the kill
+    assert kept == [r for r in before if r["step"] < after[0]["step"]]
     assert all(t.state == "TERMINATED" and t.last_step == 80 for t in run.trials)
     assert "best:" in resumed.stdout
 

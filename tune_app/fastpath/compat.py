@@ -117,6 +117,31 @@ def quiet_train_logs(user_error_type: type[Exception]) -> None:
         util_logger.addFilter(_DropUserErrorTracebacks(f"{user_error_type.__module__}.{user_error_type.__name__}: "))
 
 
+class _OneLineTransientWarning(logging.Filter):
+    """A warning Ray Train itself calls transient ("safe to ignore") is logged as its line and the
+    exception's type and message, without the traceback (a sweep on a busy machine printed dozens)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno == logging.WARNING and "safe to ignore" in record.getMessage():
+            exc = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# The loggers of the Train controller's resource requests (Ray 2.60's private module paths).
+RESOURCE_REQUEST_LOGGERS = ("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",
+                            "ray.train.v2._internal.execution.scaling_policy.elastic")
+
+
+def one_line_transient_warnings() -> None:
+    """Where a Train controller runs: its resource-request retries warn in one line (see the filter)."""
+    for name in RESOURCE_REQUEST_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineTransientWarning) for f in logger.filters):
+            logger.addFilter(_OneLineTransientWarning())
+
+
 def name_log_prefix(name: str) -> None:
     """Ray prefixes a worker's forwarded log lines with its actor's name, which its log monitor reads
     from a marker line in the worker's output (``ray_constants.LOG_PREFIX_ACTOR_NAME``); printing the

@@ -34,7 +34,7 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.controller.state import AbortedState
 
-from tune_app.fastpath import TrialHooks, graceful_stop
+from tune_app.fastpath import TrialHooks, compat, graceful_stop
 from tune_app.fastpath.janitor import JanitorCallback, start_janitor
 from tune_app.fastpath.tune_state import durable_state
 from tune_app.fastpath.warm_workers import WarmWorkerGroup
@@ -88,6 +88,7 @@ class TorchTrainer(_StockTorchTrainer):
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         if self._trial_stop is None:
             return super()._initialize_and_run_controller(**controller_init_kwargs)
+        compat.one_line_transient_warnings()          # the controller runs in this process
         controller = _TrialController(**controller_init_kwargs)
         asyncio.run(_run_until_stopped(controller, self._trial_stop))
         return controller.get_result()

@@ -1,10 +1,11 @@
-"""What a running sweep tells the user and leaves for ``status``: two public Tune callbacks.
+"""What a running sweep tells the user and leaves for ``status``: three public Tune callbacks.
 
 * :class:`ProgressPrinter`: one line per trial report, start and end, instead of Tune's periodic
   tables; trial start/end times go to ``trial_events.jsonl`` (start-up and efficiency benchmarks).
 * :class:`TrialStateWriter`: ``trials.jsonl`` (each trial's id, status, parameters and folder),
   rewritten whenever a trial is added or changes status. ``status``, ``report`` and the end of a
   sweep read it, so they never depend on the layout of Tune's own experiment-state files.
+* :class:`ResultsFileLogger`: Tune's ``result.json`` writer, keeping a resumed trial's earlier results.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import time
 from pathlib import Path
 
 from ray.tune import Callback
+from ray.tune.logger import JsonLoggerCallback
 
-from tune_app.sweep.rundir import TRIALS_FILE, RunDir
+from tune_app.sweep.rundir import RESULTS_FILE, TRIALS_FILE, RunDir
 from tune_app.sweep.space import trial_name
 
 
@@ -97,3 +99,32 @@ class TrialStateWriter(Callback):
 
     # Not on_experiment_end: after an interruption Tune marks the trials it stops there TERMINATED,
     # though resume continues them (its saved state, like this file, has them as they were).
+
+
+class ResultsFileLogger(JsonLoggerCallback):
+    """Tune's ``result.json`` writer (Tune adds none of its own when one is given), which keeps what a
+    resumed trial reported before the interruption.
+
+    Tune writes a trial's results on the driver's local disk and copies them to the run directory.
+    A resumed sweep runs in a new Ray session with an empty local folder, and Tune fetches the
+    earlier file back only for trials that *Tune* holds a checkpoint of; here Ray Train checkpoints,
+    so Tune would start the file afresh and its next copy would replace the one in the run
+    directory: a trial's curve would lose everything before the resume, all of it for a trial resumed
+    from its final checkpoint. Before Tune opens a trial's local file, this puts the run directory's
+    copy there when the local one is missing (:func:`tune_app.sweep.results.continuous` joins the
+    rows after the resume to the ones before).
+    """
+
+    def __init__(self, run_dir: str):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def log_trial_start(self, trial) -> None:
+        local = Path(trial.local_path) / RESULTS_FILE
+        if not local.exists():
+            earlier = RunDir(self.run_dir).read_text(f"{local.parent.name}/{RESULTS_FILE}") or ""
+            earlier = earlier[:earlier.rfind("\n") + 1]          # whole lines only: a copy may have been cut short
+            if earlier:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text(earlier)
+        super().log_trial_start(trial)

@@ -18,7 +18,7 @@ from typing import Any
 from tune_app.errors import UserError
 from tune_app.policy.manifest import complete_checkpoints, is_complete_fs
 from tune_app.sweep import storage
-from tune_app.sweep.rundir import RUNGS_FILE, SWEEP_FILE, TRIALS_FILE, RunDir, parse_jsonl
+from tune_app.sweep.rundir import RESULTS_FILE, RUNGS_FILE, SWEEP_FILE, TRIALS_FILE, RunDir, parse_jsonl
 from tune_app.sweep.space import trial_name
 from tune_app.yamlio import read_text
 
@@ -113,6 +113,19 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return parse_jsonl(path.read_text()) if path.is_file() else []
 
 
+def continuous(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trial's reports as one curve: where a resumed run reports from an earlier step again (it went
+    back to its last checkpoint), the rows from that step on before the resume are dropped."""
+    out: list[dict[str, Any]] = []
+    for row in history:
+        step = row.get("step")
+        if isinstance(step, (int, float)):
+            while out and isinstance(out[-1].get("step"), (int, float)) and out[-1]["step"] >= step:
+                out.pop()
+        out.append(row)
+    return out
+
+
 def _read_trials(trials_file: Path) -> list[dict[str, Any]]:
     """``trials.jsonl`` (:class:`tune_app.sweep.progress.TrialStateWriter`): it is replaced whole, so a
     line that does not parse is damage, not a write in progress."""
@@ -187,7 +200,7 @@ def _load_local(path: Path) -> Run:
         trial_id = str(entry["trial_id"])
         params = {k: v for k, v in (entry.get("params") or {}).items() if k in meta["parameters"]}
         dirname = entry.get("dir") or ""
-        history = _read_jsonl(path / dirname / "result.json") if dirname else []
+        history = continuous(_read_jsonl(path / dirname / RESULTS_FILE)) if dirname else []
         trials.append(TrialRecord(trial_id=trial_id, name=trial_name(params, meta["parameters"]), params=params,
                                   state=str(entry.get("status") or "PENDING"), history=history,
                                   checkpoint=_latest_checkpoint(path, trial_id), total_steps=meta.get("total_steps")))

@@ -25,7 +25,7 @@ from tune_app.errors import UserError, find_user_error
 from tune_app.inspection.report import write_report
 from tune_app.policy.manifest import is_complete_fs
 from tune_app.sweep import storage
-from tune_app.sweep.progress import ProgressPrinter, TrialDirNamer, TrialNamer, TrialStateWriter
+from tune_app.sweep.progress import ProgressPrinter, ResultsFileLogger, TrialDirNamer, TrialNamer, TrialStateWriter
 from tune_app.sweep.results import load_run, render_table
 from tune_app.sweep.rundir import (
     Resumable,
@@ -70,7 +70,7 @@ def _tuner(sweep_meta: dict, base: Config, run_dir: str, conn: Connection, mode:
         # A trial whose node died is restarted (from its last checkpoint) up to this many times.
         failure_config=tune.FailureConfig(max_failures=max_failures),
         callbacks=[ProgressPrinter(keys, sweep_meta["total_steps"], sweep_meta["metric"], events),
-                   TrialStateWriter(run_dir, keys), *tracking.sweep_callbacks(base, name, run_dir, mode, keys)],
+                   TrialStateWriter(run_dir, keys), ResultsFileLogger(run_dir), *tracking.sweep_callbacks(base, name, run_dir, mode, keys)],
     )
     tune_config = tune.TuneConfig(
         metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,

@@ -123,6 +123,7 @@ SWEEP_FILE = "sweep.json"      # what resume and status need (and the mark of a 
 # ".json": a resumed Tune copies every *.json/*.pkl of the run dir to its staging folder and uploads
 # them back at each state save, which would put an old copy over the live one.
 TRIALS_FILE = "trials.jsonl"
+RESULTS_FILE = "result.json"          # a trial's reports, one JSON line each (Tune's, in the trial's folder)
 RUNGS_FILE = "rungs.jsonl"            # ASHA decisions (tune_app.sweep.rungs)
 
 

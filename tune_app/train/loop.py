@@ -245,9 +245,12 @@ def run(cfg: Config, session, progress: bool = False) -> dict[str, Any]:
 
     last_val = validate(model, val_ds, cfg, device, rank, world, autocast) if len(val_ds) else {}
     metrics: dict[str, Any] = {}
-    if start_step == 0 and last_val:
-        metrics = {"step": 0, "epoch": 0, "lr": optimizer.param_groups[0]["lr"], **last_val}
-        session.report(metrics, None, 0)
+    # Step 0's validation; or a run resumed from its final checkpoint, which has no step left to report
+    # at: its one report says where it ended (the driver may have died before it heard the last one).
+    if (start_step == 0 and last_val) or start_step >= t.steps:
+        metrics = {"step": start_step, "epoch": stream.epoch if start_step else 0, "lr": optimizer.param_groups[0]["lr"],
+                   **last_val}
+        session.report(metrics, None, start_step)
 
     # Loss sums stay on the device between reports: a .item() per step would sync the GPU every step.
     window, window_steps = torch.zeros(3, dtype=torch.float64, device=device), 0
