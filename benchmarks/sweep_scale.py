@@ -10,8 +10,9 @@ demo data, act_tiny shortened to ``--steps`` optimizer steps a trial. For each i
 * the overhead: wall / ideal - 1 (start-up, validation, checkpoints, Tune and Ray Train bookkeeping);
 * Tune's experiment-state writes (``TuneController.save_to_dir``, what ``resume`` restores): how many,
   their seconds in all, and the mean per trial;
-* the resident memory of each reused worker (rank 0's process) after its 1st, 5th, 10th, ... trial
-  (finished or stopped), from the ``rss_mb`` of the trial's last report.
+* the resident memory of each reused worker (rank 0's process) in its 1st, 5th, 10th, ... trial
+  (finished or stopped), from the ``rss_mb`` of the trial's first training report: the same point of
+  every run, so a trial ASHA stopped compares with one that ran to its final checkpoint.
 
 The stock pattern starts every trial cold (tens of seconds here), so ``--stock-trials`` may be set lower
 than ``--trials`` to keep the run short; the per-trial figures stay comparable.
@@ -92,9 +93,11 @@ def measure(mode: str, scheduler: str, trials: int, steps: int, storage: str) ->
         if timed:
             step_time += timed[-1]["step_time_s"]
         finished += int(bool(timed) and timed[-1].get("step") == steps)              # the others: stopped by ASHA
-        last = [r for r in records if "rss_mb" in r]
-        if last:
-            rss.setdefault(last[-1]["worker_pid"], []).append((last[-1]["first_step_at"], last[-1]["rss_mb"]))
+        # The first training report: the same point of every run, so stopped and finished trials compare (a
+        # trial's last report is its final checkpoint's, +~100 MB, or an early stop's, without one).
+        reported = [r for r in records if "rss_mb" in r]
+        if reported:
+            rss.setdefault(reported[0]["worker_pid"], []).append((reported[0]["first_step_at"], reported[0]["rss_mb"]))
     ideal = step_time / slots
     return {"mode": mode, "scheduler": scheduler, "trials": trials, "finished": finished, "slots": slots, "wall": wall,
             "ideal": ideal, "overhead": wall / ideal - 1 if ideal else float("nan"), "writes": writes["writes"],
@@ -104,7 +107,7 @@ def measure(mode: str, scheduler: str, trials: int, steps: int, storage: str) ->
 
 def rss_line(pid: str, values: list[float]) -> str:
     marks = [i for i in (1, 5, 10, 20, 50, 100, 200, 500) if i <= len(values)]
-    text = ", ".join(f"after {i}: {values[i - 1]:.0f} MB" for i in marks)
+    text = ", ".join(f"trial {i}: {values[i - 1]:.0f} MB" for i in marks)
     growth = "".join(f"; trial {i} / trial 5: {values[i - 1] / values[4]:.3f}" for i in sorted({min(50, marks[-1]), marks[-1]})
                      if len(values) >= 5)
     return f"    worker {pid} ({len(values)} trials): {text}{growth}"
